@@ -1,0 +1,18 @@
+// Command-line parsing for every tool (CLI11 lives only in cli.cpp). Flags are long, kebab-case
+// and mirror the option fields; `--config FILE.toml` takes the same names as flat keys.
+#pragma once
+
+#include "llt/options.h"
+
+namespace llt::cli {
+
+// Thrown when parsing ends the program: `--help` (code 0, help printed) or a usage error
+// (code 1, a one-line error printed to stderr).
+struct Exit {
+  int code;
+};
+
+// Parses llt-generate's command line. Throws Exit.
+GenerateToolOptions parse_generate(int argc, char** argv);
+
+}  // namespace llt::cli

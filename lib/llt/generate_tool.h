@@ -1,0 +1,28 @@
+// llt-generate: prompts in, completions out (stdout and optional JSONL).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "llt/options.h"
+
+namespace llt {
+
+// A prompt as the user gave it, before any template.
+struct PromptRecord {
+  std::string prompt;       // text prompt, or the instruction of an Alpaca record
+  std::string input;        // Alpaca `input` (JSONL records only), may be empty
+};
+
+// Reads --prompts-file: JSONL when every non-empty line is a JSON object with "prompt" or
+// "instruction" (+ optional "input"), else one prompt per non-empty line. Throws InputError
+// naming the file and line.
+std::vector<PromptRecord> read_prompts_file(const std::string& path);
+
+// The text fed to the model for one record under `template_name` ("none" | "alpaca").
+std::string apply_template(const PromptRecord& record, const std::string& template_name);
+
+// Runs llt-generate end to end; returns the process exit code. Throws llt::Error on bad input.
+int run_generate(const GenerateToolOptions& options);
+
+}  // namespace llt

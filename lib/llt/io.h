@@ -1,0 +1,22 @@
+// Small file helpers: whole-file reads and atomic writes (temp file + rename, so a reader never
+// sees a half-written file and an interrupted run leaves nothing that looks complete).
+#pragma once
+
+#include <filesystem>
+#include <string>
+
+namespace llt {
+
+// The file's bytes. Throws InputError naming the file if it cannot be read.
+std::string read_file(const std::filesystem::path& path);
+
+// Writes `content` to `path` + ".tmp", flushes, then renames onto `path`. Throws InputError if
+// `path` exists and !overwrite (nothing a user has is replaced silently), RuntimeError on I/O
+// failure (the temp file is removed).
+void write_file_atomic(const std::filesystem::path& path, const std::string& content,
+                       bool overwrite);
+
+// Throws InputError naming `flag` if `path` exists and !overwrite.
+void refuse_existing(const std::filesystem::path& path, bool overwrite, const std::string& flag);
+
+}  // namespace llt

@@ -1,0 +1,293 @@
+#include "llt/model.h"
+
+#include <cmath>
+#include <limits>
+
+#include <ATen/ATen.h>
+#include <torch/nn/init.h>
+
+#include "llt/errors.h"
+
+namespace llt {
+
+// ---------------------------------------------------------------------------------------------
+// ModelArgs and presets
+
+int64_t ModelArgs::ffn_hidden() const {
+  if (hidden_dim > 0) return hidden_dim;
+  // Meta llama/model.py FeedForward: 4D, times 2/3, times the optional multiplier, rounded up.
+  int64_t hidden = 4 * dim;
+  hidden = 2 * hidden / 3;
+  if (ffn_dim_multiplier > 0) hidden = static_cast<int64_t>(ffn_dim_multiplier * hidden);
+  return multiple_of * ((hidden + multiple_of - 1) / multiple_of);
+}
+
+int64_t ModelArgs::num_parameters() const {
+  const int64_t hd = head_dim();
+  const int64_t attention = dim * n_heads * hd * 2 + dim * kv_heads() * hd * 2;  // wq, wo, wk, wv
+  const int64_t ffn = 3 * dim * ffn_hidden();
+  const int64_t block = attention + ffn + 2 * dim;  // + attention_norm, ffn_norm
+  const int64_t embeddings = vocab_size * dim * (tie_embeddings ? 1 : 2);
+  return n_layers * block + embeddings + dim;  // + final norm
+}
+
+void ModelArgs::validate(const std::string& source) const {
+  auto fail = [&](const std::string& field, const std::string& why) {
+    throw InputError(source + ": model field '" + field + "' " + why);
+  };
+  if (dim <= 0) fail("dim", "must be positive, got " + std::to_string(dim));
+  if (n_layers <= 0) fail("n_layers", "must be positive, got " + std::to_string(n_layers));
+  if (n_heads <= 0) fail("n_heads", "must be positive, got " + std::to_string(n_heads));
+  if (n_kv_heads < 0) fail("n_kv_heads", "must be >= 0, got " + std::to_string(n_kv_heads));
+  if (vocab_size <= 0) fail("vocab_size", "must be positive, got " + std::to_string(vocab_size));
+  if (dim % n_heads != 0) {
+    fail("dim", std::to_string(dim) + " is not a multiple of n_heads " + std::to_string(n_heads));
+  }
+  if (n_heads % kv_heads() != 0) {
+    fail("n_kv_heads", std::to_string(kv_heads()) + " does not divide n_heads " +
+                           std::to_string(n_heads));
+  }
+  if (head_dim() % 2 != 0) fail("dim", "head_dim " + std::to_string(head_dim()) + " must be even");
+  if (hidden_dim == 0 && multiple_of <= 0) {
+    fail("multiple_of", "must be positive, got " + std::to_string(multiple_of));
+  }
+  if (hidden_dim < 0) fail("hidden_dim", "must be >= 0, got " + std::to_string(hidden_dim));
+  if (norm_eps <= 0) fail("norm_eps", "must be positive");
+  if (rope_theta <= 0) fail("rope_theta", "must be positive");
+  if (max_seq_len <= 0) fail("max_seq_len", "must be positive, got " + std::to_string(max_seq_len));
+}
+
+ModelArgs preset_args(const std::string& name) {
+  ModelArgs args;  // defaults are LLaMA-2-7B (Meta params.json)
+  if (name == "llama2_7b") return args;
+  if (name == "llama2_13b") {
+    args.dim = 5120;
+    args.n_layers = 40;
+    args.n_heads = 40;
+    return args;
+  }
+  if (name == "tiny") {  // a small GQA model for tests and the CPU demos
+    args.dim = 64;
+    args.n_layers = 2;
+    args.n_heads = 8;
+    args.n_kv_heads = 4;
+    args.vocab_size = 512;
+    args.multiple_of = 32;
+    args.max_seq_len = 512;
+    return args;
+  }
+  std::string known;
+  for (const auto& n : preset_names()) known += (known.empty() ? "" : ", ") + n;
+  throw InputError("unknown model preset '" + name + "' (known: " + known + ")");
+}
+
+std::vector<std::string> preset_names() { return {"llama2_7b", "llama2_13b", "tiny"}; }
+
+// ---------------------------------------------------------------------------------------------
+// Leaf modules
+
+LinearImpl::LinearImpl(int64_t in_features, int64_t out_features,
+                       const torch::TensorOptions& options) {
+  weight = register_parameter("weight", torch::empty({out_features, in_features}, options));
+}
+
+torch::Tensor LinearImpl::forward(const torch::Tensor& x) { return at::linear(x, weight); }
+
+EmbeddingImpl::EmbeddingImpl(int64_t num_embeddings, int64_t dim,
+                             const torch::TensorOptions& options) {
+  weight = register_parameter("weight", torch::empty({num_embeddings, dim}, options));
+}
+
+torch::Tensor EmbeddingImpl::forward(const torch::Tensor& tokens) {
+  return at::embedding(weight, tokens);
+}
+
+RMSNormImpl::RMSNormImpl(int64_t dim, double eps_, const torch::TensorOptions& options)
+    : eps(eps_) {
+  weight = register_parameter("weight", torch::ones({dim}, options));
+}
+
+torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
+  const auto xf = x.to(torch::kFloat);
+  const auto normed = xf * at::rsqrt(xf.pow(2).mean(/*dim=*/-1, /*keepdim=*/true) + eps);
+  return normed.to(x.scalar_type()) * weight;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rotary embeddings (Meta's interleaved pairs)
+
+RopeTables make_rope_tables(int64_t head_dim, int64_t max_seq_len, double theta,
+                            const torch::Device& device) {
+  const auto f32 = torch::TensorOptions().dtype(torch::kFloat).device(device);
+  // freqs[i] = theta^(-2i/hd), i in [0, hd/2)       (hd/2)
+  const auto exponents = torch::arange(0, head_dim, 2, f32).slice(0, 0, head_dim / 2) / head_dim;
+  const auto freqs = 1.0 / torch::pow(theta, exponents);
+  const auto positions = torch::arange(max_seq_len, f32);  // (max_seq_len)
+  const auto angles = torch::outer(positions, freqs);      // (max_seq_len, hd/2)
+  return {angles.cos(), angles.sin()};
+}
+
+torch::Tensor apply_rope(const torch::Tensor& x, const RopeTables& rope, int64_t start) {
+  const int64_t t = x.size(1);
+  TORCH_CHECK(start + t <= rope.cos.size(0), "position ", start + t,
+              " is beyond the RoPE tables (max_seq_len ", rope.cos.size(0), ")");
+  // (T, hd/2) -> (1, T, 1, hd/2) to broadcast over batch and heads.
+  const auto cos = rope.cos.narrow(0, start, t).unsqueeze(0).unsqueeze(2);
+  const auto sin = rope.sin.narrow(0, start, t).unsqueeze(0).unsqueeze(2);
+  const auto pairs = x.to(torch::kFloat).unflatten(/*dim=*/-1, {-1, 2});  // (B, T, h, hd/2, 2)
+  const auto x0 = pairs.select(-1, 0);
+  const auto x1 = pairs.select(-1, 1);
+  // (x0 + i x1) * (cos + i sin)
+  const auto out = torch::stack({x0 * cos - x1 * sin, x0 * sin + x1 * cos}, /*dim=*/-1);
+  return out.flatten(/*start_dim=*/-2).to(x.scalar_type());
+}
+
+torch::Tensor causal_mask(int64_t t, int64_t start, const torch::Device& device) {
+  const auto opts = torch::TensorOptions().dtype(torch::kFloat).device(device);
+  // Query i (position start+i) may attend to keys j <= start+i.
+  return torch::full({t, start + t}, -std::numeric_limits<float>::infinity(), opts)
+      .triu(/*diagonal=*/start + 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// KV cache
+
+KVCache KVCache::allocate(const ModelArgs& args, int64_t batch, int64_t max_len,
+                          const torch::TensorOptions& options) {
+  KVCache cache;
+  for (int64_t i = 0; i < args.n_layers; ++i) {
+    cache.k.push_back(torch::zeros({batch, max_len, args.kv_heads(), args.head_dim()}, options));
+    cache.v.push_back(torch::zeros({batch, max_len, args.kv_heads(), args.head_dim()}, options));
+  }
+  return cache;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention, feed-forward, block
+
+namespace {
+
+// (B, S, KV, hd) -> (B, S, KV * n_rep, hd): each kv head serves n_rep query heads.
+torch::Tensor repeat_kv(const torch::Tensor& x, int64_t n_rep) {
+  if (n_rep == 1) return x;
+  const auto sizes = x.sizes();
+  return x.unsqueeze(3)
+      .expand({sizes[0], sizes[1], sizes[2], n_rep, sizes[3]})
+      .reshape({sizes[0], sizes[1], sizes[2] * n_rep, sizes[3]});
+}
+
+}  // namespace
+
+AttentionImpl::AttentionImpl(const ModelArgs& args, const torch::TensorOptions& options)
+    : n_heads(args.n_heads), n_kv_heads(args.kv_heads()), head_dim(args.head_dim()) {
+  wq = register_module("wq", std::make_shared<LinearImpl>(args.dim, n_heads * head_dim, options));
+  wk = register_module("wk", std::make_shared<LinearImpl>(args.dim, n_kv_heads * head_dim, options));
+  wv = register_module("wv", std::make_shared<LinearImpl>(args.dim, n_kv_heads * head_dim, options));
+  wo = register_module("wo", std::make_shared<LinearImpl>(n_heads * head_dim, args.dim, options));
+}
+
+torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const RopeTables& rope, int64_t start,
+                                     torch::Tensor* cache_k, torch::Tensor* cache_v) {
+  const int64_t b = x.size(0);
+  const int64_t t = x.size(1);
+  auto q = wq->forward(x).view({b, t, n_heads, head_dim});     // (B, T, H, hd)
+  auto k = wk->forward(x).view({b, t, n_kv_heads, head_dim});  // (B, T, KV, hd)
+  auto v = wv->forward(x).view({b, t, n_kv_heads, head_dim});  // (B, T, KV, hd)
+  q = apply_rope(q, rope, start);
+  k = apply_rope(k, rope, start);
+
+  torch::Tensor keys = k;
+  torch::Tensor values = v;
+  if (cache_k != nullptr) {
+    TORCH_CHECK(start + t <= cache_k->size(1), "KV cache holds ", cache_k->size(1),
+                " positions; asked for ", start + t);
+    cache_k->narrow(1, start, t).copy_(k);
+    cache_v->narrow(1, start, t).copy_(v);
+    keys = cache_k->narrow(1, 0, start + t);    // (B, S, KV, hd)
+    values = cache_v->narrow(1, 0, start + t);  // (B, S, KV, hd)
+  }
+  const int64_t n_rep = n_heads / n_kv_heads;
+  keys = repeat_kv(keys, n_rep).transpose(1, 2);      // (B, H, S, hd)
+  values = repeat_kv(values, n_rep).transpose(1, 2);  // (B, H, S, hd)
+  q = q.transpose(1, 2);                               // (B, H, T, hd)
+
+  auto scores = at::matmul(q, keys.transpose(2, 3)) / std::sqrt(static_cast<double>(head_dim));
+  if (t > 1) scores = scores + causal_mask(t, start, x.device());  // (B, H, T, S)
+  const auto probs = at::softmax(scores.to(torch::kFloat), /*dim=*/-1).to(q.scalar_type());
+  const auto out = at::matmul(probs, values);  // (B, H, T, hd)
+  return wo->forward(out.transpose(1, 2).reshape({b, t, n_heads * head_dim}));
+}
+
+FeedForwardImpl::FeedForwardImpl(const ModelArgs& args, const torch::TensorOptions& options) {
+  const int64_t hidden = args.ffn_hidden();
+  w1 = register_module("w1", std::make_shared<LinearImpl>(args.dim, hidden, options));
+  w2 = register_module("w2", std::make_shared<LinearImpl>(hidden, args.dim, options));
+  w3 = register_module("w3", std::make_shared<LinearImpl>(args.dim, hidden, options));
+}
+
+torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x) {
+  return w2->forward(at::silu(w1->forward(x)) * w3->forward(x));
+}
+
+TransformerBlockImpl::TransformerBlockImpl(const ModelArgs& args,
+                                           const torch::TensorOptions& options) {
+  attention = register_module("attention", Attention(args, options));
+  feed_forward = register_module("feed_forward", FeedForward(args, options));
+  attention_norm = register_module("attention_norm", RMSNorm(args.dim, args.norm_eps, options));
+  ffn_norm = register_module("ffn_norm", RMSNorm(args.dim, args.norm_eps, options));
+}
+
+torch::Tensor TransformerBlockImpl::forward(const torch::Tensor& x, const RopeTables& rope,
+                                            int64_t start, torch::Tensor* cache_k,
+                                            torch::Tensor* cache_v) {
+  const auto h = x + attention->forward(attention_norm->forward(x), rope, start, cache_k, cache_v);
+  return h + feed_forward->forward(ffn_norm->forward(h));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transformer
+
+TransformerImpl::TransformerImpl(const ModelArgs& args, const torch::TensorOptions& options)
+    : args_(args) {
+  args_.validate("model args");
+  tok_embeddings = register_module("tok_embeddings",
+                                   Embedding(args.vocab_size, args.dim, options));
+  layers = register_module("layers", torch::nn::ModuleList());
+  for (int64_t i = 0; i < args.n_layers; ++i) layers->push_back(TransformerBlock(args, options));
+  norm = register_module("norm", RMSNorm(args.dim, args.norm_eps, options));
+  if (!args.tie_embeddings) {
+    output = register_module("output",
+                             std::make_shared<LinearImpl>(args.dim, args.vocab_size, options));
+  }
+  rope_ = make_rope_tables(args.head_dim(), args.max_seq_len, args.rope_theta, options.device());
+}
+
+torch::Tensor TransformerImpl::forward(const torch::Tensor& tokens, KVCache* cache) {
+  TORCH_CHECK(tokens.dim() == 2, "tokens must be (B, T), got ", tokens.sizes());
+  const int64_t start = cache != nullptr ? cache->length : 0;
+  auto h = tok_embeddings->forward(tokens);  // (B, T, D)
+  for (size_t i = 0; i < layers->size(); ++i) {
+    torch::Tensor* k = cache != nullptr ? &cache->k.at(i) : nullptr;
+    torch::Tensor* v = cache != nullptr ? &cache->v.at(i) : nullptr;
+    h = block(i).forward(h, rope_, start, k, v);
+  }
+  h = norm->forward(h);
+  if (cache != nullptr) cache->length += tokens.size(1);
+  // (B, T, V)
+  return output ? output->forward(h) : at::linear(h, tok_embeddings->weight);
+}
+
+void TransformerImpl::init_random(uint64_t seed) {
+  torch::NoGradGuard no_grad;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  for (auto& item : named_parameters(/*recurse=*/true)) {
+    auto& p = item.value();
+    const auto f32 = torch::TensorOptions().dtype(torch::kFloat);
+    // Draw on the CPU in fp32 so values do not depend on the target device/dtype.
+    auto values = p.dim() == 1 ? 1.0 + 0.1 * at::normal(0.0, 1.0, p.sizes(), gen, f32)
+                               : 0.02 * at::normal(0.0, 1.0, p.sizes(), gen, f32);
+    p.copy_(values);
+  }
+}
+
+}  // namespace llt

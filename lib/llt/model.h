@@ -1,0 +1,184 @@
+// The LLaMA-2 transformer, with Meta's architecture and parameter names (llama/model.py), so
+// named_parameters() keys equal Meta checkpoint keys ("layers.3.attention.wq.weight").
+//
+// Shape legend used in the comments:
+//   B batch, T new tokens in this call, S attended positions (cache length + T),
+//   D dim, H n_heads, KV n_kv_heads, hd head_dim = D / H, F ffn hidden size, V vocab size.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/pimpl.h>
+
+namespace llt {
+
+// Model hyper-parameters. Read from a checkpoint's own params.json / config.json / header,
+// or from a preset; never guessed from a file name.
+struct ModelArgs {
+  int64_t dim = 4096;             // D, model width
+  int64_t n_layers = 32;          // transformer blocks
+  int64_t n_heads = 32;           // H, query heads
+  int64_t n_kv_heads = 0;         // KV, key/value heads; 0 = n_heads (Meta params.json may omit it)
+  int64_t vocab_size = 32000;     // V
+  int64_t multiple_of = 256;      // Meta's SwiGLU hidden-size rounding
+  double ffn_dim_multiplier = 0;  // Meta's optional hidden-size multiplier; 0 = none
+  int64_t hidden_dim = 0;         // explicit FFN size F (llama2.c, HF intermediate_size); 0 = Meta rule
+  double norm_eps = 1e-5;         // RMSNorm epsilon
+  double rope_theta = 10000.0;    // RoPE base
+  int64_t max_seq_len = 4096;     // longest sequence the RoPE tables and KV cache cover
+  bool tie_embeddings = false;    // output.weight is tok_embeddings.weight (llama2.c shared classifier)
+
+  int64_t kv_heads() const { return n_kv_heads > 0 ? n_kv_heads : n_heads; }
+  int64_t head_dim() const { return dim / n_heads; }
+  // F: hidden_dim if set, else Meta's rule (2/3 of 4D, times the multiplier, rounded up to
+  // multiple_of): 11008 for the 7B model.
+  int64_t ffn_hidden() const;
+  // Parameter count of the model these args describe (tied embeddings counted once).
+  int64_t num_parameters() const;
+  // Throws InputError naming `source` and the field when the args are inconsistent.
+  void validate(const std::string& source) const;
+};
+
+// Named presets: "llama2_7b", "llama2_13b", "tiny" (a 2-layer GQA model for tests).
+// Throws InputError on an unknown name.
+ModelArgs preset_args(const std::string& name);
+std::vector<std::string> preset_names();
+
+// A linear map without bias, y = x W^T, weight (out, in) under the name "weight". Parameters are
+// allocated uninitialised on the target device/dtype: loaders fill them, init_random() for tests.
+// Virtual forward so LoRA can wrap it in place (lib/llt/lora).
+class LinearImpl : public torch::nn::Module {
+ public:
+  LinearImpl(int64_t in_features, int64_t out_features, const torch::TensorOptions& options);
+  virtual ~LinearImpl() = default;
+  virtual torch::Tensor forward(const torch::Tensor& x);
+
+  torch::Tensor weight;  // (out, in)
+};
+TORCH_MODULE(Linear);
+
+// Token embedding table, weight (V, D) under the name "weight".
+class EmbeddingImpl : public torch::nn::Module {
+ public:
+  EmbeddingImpl(int64_t num_embeddings, int64_t dim, const torch::TensorOptions& options);
+  torch::Tensor forward(const torch::Tensor& tokens);  // (B, T) int64 -> (B, T, D)
+
+  torch::Tensor weight;  // (V, D)
+};
+TORCH_MODULE(Embedding);
+
+// x / rms(x) * weight, computed in fp32 and cast back to x's dtype (as Meta does).
+class RMSNormImpl : public torch::nn::Module {
+ public:
+  RMSNormImpl(int64_t dim, double eps, const torch::TensorOptions& options);
+  torch::Tensor forward(const torch::Tensor& x);
+
+  torch::Tensor weight;  // (D)
+  double eps;
+};
+TORCH_MODULE(RMSNorm);
+
+// Rotary embedding tables for Meta's interleaved-pair convention: pair (2i, 2i+1) of each head
+// is rotated by angle pos * theta^(-2i/hd). Tables are fp32, (max_seq_len, hd/2).
+struct RopeTables {
+  torch::Tensor cos;
+  torch::Tensor sin;
+};
+RopeTables make_rope_tables(int64_t head_dim, int64_t max_seq_len, double theta,
+                            const torch::Device& device);
+// x (B, T, heads, hd) rotated for positions [start, start+T); computed in fp32, returned in x's dtype.
+torch::Tensor apply_rope(const torch::Tensor& x, const RopeTables& rope, int64_t start);
+
+// Per-layer key/value cache for incremental decoding, passed explicitly to forward.
+struct KVCache {
+  std::vector<torch::Tensor> k;  // per layer (B, max_len, KV, hd)
+  std::vector<torch::Tensor> v;  // per layer (B, max_len, KV, hd)
+  int64_t length = 0;            // positions filled so far (the next call starts here)
+
+  // Zero-filled cache for `batch` sequences of up to `max_len` positions.
+  static KVCache allocate(const struct ModelArgs& args, int64_t batch, int64_t max_len,
+                          const torch::TensorOptions& options);
+  int64_t capacity() const { return k.empty() ? 0 : k.front().size(1); }
+};
+
+class AttentionImpl : public torch::nn::Module {
+ public:
+  AttentionImpl(const ModelArgs& args, const torch::TensorOptions& options);
+  // x (B, T, D) at positions [start, start+T). With `cache` (this layer's k, v), new keys and
+  // values are written into it and attention covers [0, start+T); without, S = T and start = 0.
+  torch::Tensor forward(const torch::Tensor& x, const RopeTables& rope, int64_t start,
+                        torch::Tensor* cache_k, torch::Tensor* cache_v);
+
+  std::shared_ptr<LinearImpl> wq, wk, wv, wo;  // (H*hd, D), (KV*hd, D), (KV*hd, D), (D, H*hd)
+  int64_t n_heads, n_kv_heads, head_dim;
+};
+TORCH_MODULE(Attention);
+
+// SwiGLU: w2(silu(w1 x) * w3 x).
+class FeedForwardImpl : public torch::nn::Module {
+ public:
+  FeedForwardImpl(const ModelArgs& args, const torch::TensorOptions& options);
+  torch::Tensor forward(const torch::Tensor& x);
+
+  std::shared_ptr<LinearImpl> w1, w2, w3;  // (F, D), (D, F), (F, D)
+};
+TORCH_MODULE(FeedForward);
+
+class TransformerBlockImpl : public torch::nn::Module {
+ public:
+  TransformerBlockImpl(const ModelArgs& args, const torch::TensorOptions& options);
+  // Pre-norm residual block: h = x + attn(norm(x)); out = h + ffn(norm(h)).
+  torch::Tensor forward(const torch::Tensor& x, const RopeTables& rope, int64_t start,
+                        torch::Tensor* cache_k, torch::Tensor* cache_v);
+
+  Attention attention{nullptr};
+  FeedForward feed_forward{nullptr};
+  RMSNorm attention_norm{nullptr};
+  RMSNorm ffn_norm{nullptr};
+};
+TORCH_MODULE(TransformerBlock);
+
+class TransformerImpl : public torch::nn::Module {
+ public:
+  // Parameters are allocated uninitialised with `options` (device, dtype); fill them with a
+  // loader (lib/llt/checkpoint) or init_random().
+  TransformerImpl(const ModelArgs& args, const torch::TensorOptions& options);
+
+  // tokens (B, T) int64 -> logits (B, T, V) in the parameters' dtype. Without a cache the whole
+  // sequence is computed with a causal mask. With one, the tokens sit at positions
+  // [cache->length, cache->length + T) and cache->length advances by T.
+  torch::Tensor forward(const torch::Tensor& tokens, KVCache* cache = nullptr);
+
+  // Deterministic random weights for tests and benchmarks: normal(0, 0.02) for matrices,
+  // 1 + normal(0, 0.1) for norm weights, from a generator seeded with `seed`.
+  void init_random(uint64_t seed);
+
+  const ModelArgs& args() const { return args_; }
+  const RopeTables& rope() const { return rope_; }
+
+  Embedding tok_embeddings{nullptr};  // weight (V, D)
+  torch::nn::ModuleList layers{nullptr};  // of TransformerBlock
+  RMSNorm norm{nullptr};
+  // (V, D). Not registered when args.tie_embeddings: the logits then use tok_embeddings.weight,
+  // so the shared parameter appears (and is trained) once.
+  std::shared_ptr<LinearImpl> output;
+
+  // Block i, typed.
+  TransformerBlockImpl& block(size_t i) { return *layers->ptr<TransformerBlockImpl>(i); }
+
+ private:
+  ModelArgs args_;
+  RopeTables rope_;
+};
+TORCH_MODULE(Transformer);
+
+// Causal mask for T new queries at positions [start, start+T) over S = start+T keys: 0 where a
+// query may attend, -inf elsewhere; (T, S) fp32.
+torch::Tensor causal_mask(int64_t t, int64_t start, const torch::Device& device);
+
+}  // namespace llt

@@ -1,0 +1,496 @@
+#include "llt/pth.h"
+
+#include <cstring>
+#include <unordered_set>
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+#include <caffe2/serialize/inline_container.h>
+
+#include "llt/errors.h"
+
+namespace llt {
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// The pickle subset torch.save writes for a state dict (protocol 2; a few protocol 3-5 opcodes
+// are accepted too). Values are built on a stack, as Python's pickle machine does.
+
+enum class Kind {
+  kNone,
+  kBool,
+  kInt,
+  kFloat,
+  kString,
+  kBytes,
+  kTuple,
+  kList,
+  kDict,
+  kGlobal,
+  kStorage,
+  kTensor
+};
+
+const char* kind_name(Kind kind) {
+  static const char* const kNames[] = {"None",  "bool", "int",  "float",  "str",     "bytes",
+                                       "tuple", "list", "dict", "global", "storage", "tensor"};
+  return kNames[static_cast<int>(kind)];
+}
+
+// Pickle opcodes (CPython Lib/pickle.py), those torch.save writes for a state dict and a few
+// neighbours of later protocols.
+// clang-format off
+enum Opcode : uint8_t {
+  kMark = '(', kStop = '.', kPop = '0', kPopMark = '1', kDup = '2', kBinFloat = 'G',
+  kBinInt = 'J', kBinInt1 = 'K', kBinInt2 = 'M', kNone = 'N', kBinPersId = 'Q', kReduce = 'R',
+  kBinString = 'T', kShortBinString = 'U', kBinUnicode = 'X', kAppend = 'a', kBuild = 'b',
+  kGlobal = 'c', kDict = 'd', kAppends = 'e', kBinGet = 'h', kLongBinGet = 'j', kList = 'l',
+  kBinPut = 'q', kLongBinPut = 'r', kSetItem = 's', kTuple = 't', kSetItems = 'u',
+  kEmptyDict = '}', kEmptyList = ']', kEmptyTuple = ')', kBinBytes = 'B', kShortBinBytes = 'C',
+  kProto = 0x80, kTuple1 = 0x85, kTuple2 = 0x86, kTuple3 = 0x87, kNewTrue = 0x88,
+  kNewFalse = 0x89, kLong1 = 0x8a, kShortBinUnicode = 0x8c, kBinUnicode8 = 0x8d,
+  kBinBytes8 = 0x8e, kStackGlobal = 0x93, kMemoize = 0x94, kFrame = 0x95,
+};
+// clang-format on
+
+struct Value;
+using ValuePtr = std::shared_ptr<Value>;
+
+struct Value {
+  Kind kind = Kind::kNone;
+  int64_t integer = 0;                                 // kInt, kBool
+  std::string text;                                    // kString, kBytes, kGlobal "module.name"
+  std::vector<ValuePtr> items;                         // kTuple, kList
+  std::vector<std::pair<ValuePtr, ValuePtr>> entries;  // kDict
+  PthTensorRecord tensor;  // kStorage: dtype, storage_key, storage_numel; kTensor: all but name
+};
+
+ValuePtr make(Kind kind) {
+  auto v = std::make_shared<Value>();
+  v->kind = kind;
+  return v;
+}
+
+// Storage class names of torch.save ('torch', 'BFloat16Storage', ...).
+bool storage_dtype(const std::string& global, c10::ScalarType* dtype) {
+  static const std::pair<const char*, c10::ScalarType> kStorages[] = {
+      {"torch.FloatStorage", c10::kFloat}, {"torch.DoubleStorage", c10::kDouble},
+      {"torch.HalfStorage", c10::kHalf},   {"torch.BFloat16Storage", c10::kBFloat16},
+      {"torch.LongStorage", c10::kLong},   {"torch.IntStorage", c10::kInt},
+      {"torch.ShortStorage", c10::kShort}, {"torch.CharStorage", c10::kChar},
+      {"torch.ByteStorage", c10::kByte},   {"torch.BoolStorage", c10::kBool},
+  };
+  for (const auto& [name, type] : kStorages) {
+    if (global == name) {
+      *dtype = type;
+      return true;
+    }
+  }
+  return false;
+}
+
+class PickleMachine {
+ public:
+  PickleMachine(const std::string& data, const std::string& source)
+      : data_(data), source_(source) {}
+
+  ValuePtr run() {
+    while (true) {
+      const size_t at = pos_;
+      const uint8_t op = u8();
+      if (op == kStop) {
+        if (stack_.size() != 1 || !marks_.empty()) fail(at, "stack is not one value at STOP");
+        return stack_.back();
+      }
+      step(op, at);
+    }
+  }
+
+ private:
+  [[noreturn]] void fail(size_t at, const std::string& what) const {
+    throw InputError(source_ + ": bad pickle at byte " + std::to_string(at) + ": " + what);
+  }
+
+  // --- reading bytes
+  uint8_t u8() {
+    if (pos_ >= data_.size()) fail(pos_, "unexpected end of data (truncated?)");
+    return static_cast<uint8_t>(data_[pos_++]);
+  }
+  uint64_t little_endian(int n) {
+    uint64_t v = 0;
+    for (int i = 0; i < n; ++i) v |= static_cast<uint64_t>(u8()) << (8 * i);
+    return v;
+  }
+  std::string bytes(uint64_t n) {
+    if (n > data_.size() - pos_) {
+      fail(pos_, "a " + std::to_string(n) + "-byte string runs past the end");
+    }
+    std::string s = data_.substr(pos_, n);
+    pos_ += n;
+    return s;
+  }
+  std::string line() {
+    const size_t end = data_.find('\n', pos_);
+    if (end == std::string::npos) fail(pos_, "unterminated GLOBAL name");
+    std::string s = data_.substr(pos_, end - pos_);
+    pos_ = end + 1;
+    return s;
+  }
+
+  // --- the stack
+  void push(ValuePtr v) { stack_.push_back(std::move(v)); }
+  ValuePtr pop(size_t at) {
+    if (stack_.size() <= (marks_.empty() ? 0 : marks_.back())) fail(at, "stack underflow");
+    ValuePtr v = std::move(stack_.back());
+    stack_.pop_back();
+    return v;
+  }
+  ValuePtr& top(size_t at) {
+    if (stack_.size() <= (marks_.empty() ? 0 : marks_.back())) fail(at, "stack underflow");
+    return stack_.back();
+  }
+  std::vector<ValuePtr> pop_mark(size_t at) {
+    if (marks_.empty()) fail(at, "no MARK on the stack");
+    const size_t mark = marks_.back();
+    marks_.pop_back();
+    std::vector<ValuePtr> items(stack_.begin() + static_cast<std::ptrdiff_t>(mark), stack_.end());
+    stack_.resize(mark);
+    return items;
+  }
+  ValuePtr make_sequence(Kind kind, std::vector<ValuePtr> items) {
+    auto v = make(kind);
+    v->items = std::move(items);
+    return v;
+  }
+  void set_items(size_t at, const std::vector<ValuePtr>& items) {
+    ValuePtr& dict = top(at);
+    if (dict->kind != Kind::kDict) fail(at, std::string("SETITEMS on a ") + kind_name(dict->kind));
+    if (items.size() % 2 != 0) fail(at, "SETITEMS with an odd number of values");
+    for (size_t i = 0; i < items.size(); i += 2) dict->entries.emplace_back(items[i], items[i + 1]);
+  }
+  void append_items(size_t at, const std::vector<ValuePtr>& items) {
+    ValuePtr& list = top(at);
+    if (list->kind != Kind::kList) fail(at, std::string("APPENDS on a ") + kind_name(list->kind));
+    list->items.insert(list->items.end(), items.begin(), items.end());
+  }
+  void memo_put(size_t at, uint64_t key) { memo_[key] = top(at); }
+  void memo_get(size_t at, uint64_t key) {
+    const auto it = memo_.find(key);
+    if (it == memo_.end()) fail(at, "memo key " + std::to_string(key) + " was never stored");
+    push(it->second);
+  }
+  ValuePtr boolean(bool value) {
+    auto v = make(Kind::kBool);
+    v->integer = value;
+    return v;
+  }
+  ValuePtr integer(int64_t value) {
+    auto v = make(Kind::kInt);
+    v->integer = value;
+    return v;
+  }
+  ValuePtr string(Kind kind, std::string text) {
+    auto v = make(kind);
+    v->text = std::move(text);
+    return v;
+  }
+
+  // clang-format off
+  void step(uint8_t op, size_t at) {
+    switch (op) {
+      case kProto: {
+        const uint8_t version = u8();
+        if (version > 5) fail(at, "pickle protocol " + std::to_string(version) + " is unknown");
+        break;
+      }
+      case kFrame: little_endian(8); break;  // a length hint
+      case kMark: marks_.push_back(stack_.size()); break;
+      case kEmptyDict: push(make(Kind::kDict)); break;
+      case kEmptyList: push(make(Kind::kList)); break;
+      case kEmptyTuple: push(make(Kind::kTuple)); break;
+      case kNone: push(make(Kind::kNone)); break;
+      case kNewTrue: push(boolean(true)); break;
+      case kNewFalse: push(boolean(false)); break;
+      case kBinInt: push(integer(static_cast<int32_t>(little_endian(4)))); break;
+      case kBinInt1: push(integer(u8())); break;
+      case kBinInt2: push(integer(static_cast<int64_t>(little_endian(2)))); break;
+      case kLong1: push(integer(long1(at))); break;
+      case kBinFloat: bytes(8); push(make(Kind::kFloat)); break;  // value never needed
+      case kBinUnicode: push(string(Kind::kString, bytes(little_endian(4)))); break;
+      case kShortBinUnicode: push(string(Kind::kString, bytes(u8()))); break;
+      case kBinUnicode8: push(string(Kind::kString, bytes(little_endian(8)))); break;
+      case kShortBinString: push(string(Kind::kString, bytes(u8()))); break;
+      case kBinString: push(string(Kind::kString, bytes(little_endian(4)))); break;
+      case kShortBinBytes: push(string(Kind::kBytes, bytes(u8()))); break;
+      case kBinBytes: push(string(Kind::kBytes, bytes(little_endian(4)))); break;
+      case kBinBytes8: push(string(Kind::kBytes, bytes(little_endian(8)))); break;
+      case kGlobal: {  // "module\nname\n"
+        const std::string module = line();
+        push(string(Kind::kGlobal, module + "." + line()));
+        break;
+      }
+      case kStackGlobal: stack_global(at); break;
+      case kTuple: push(make_sequence(Kind::kTuple, pop_mark(at))); break;
+      case kTuple1:
+      case kTuple2:
+      case kTuple3: {
+        std::vector<ValuePtr> items(op - kTuple1 + 1);
+        for (auto it = items.rbegin(); it != items.rend(); ++it) *it = pop(at);
+        push(make_sequence(Kind::kTuple, std::move(items)));
+        break;
+      }
+      case kList: push(make_sequence(Kind::kList, pop_mark(at))); break;
+      case kDict: {
+        const auto items = pop_mark(at);
+        push(make(Kind::kDict));
+        set_items(at, items);
+        break;
+      }
+      case kSetItem: {
+        ValuePtr value = pop(at);
+        ValuePtr key = pop(at);
+        set_items(at, {key, value});
+        break;
+      }
+      case kSetItems: set_items(at, pop_mark(at)); break;
+      case kAppend: append_items(at, {pop(at)}); break;
+      case kAppends: append_items(at, pop_mark(at)); break;
+      case kBinPut: memo_put(at, u8()); break;
+      case kLongBinPut: memo_put(at, little_endian(4)); break;
+      case kMemoize: memo_put(at, memo_.size()); break;
+      case kBinGet: memo_get(at, u8()); break;
+      case kLongBinGet: memo_get(at, little_endian(4)); break;
+      case kPop: pop(at); break;
+      case kPopMark: pop_mark(at); break;
+      case kDup: push(top(at)); break;
+      case kBinPersId: {
+        const ValuePtr pid = pop(at);
+        push(persistent_load(at, *pid));
+        break;
+      }
+      case kReduce: {
+        const ValuePtr args = pop(at);
+        const ValuePtr callable = pop(at);
+        push(reduce(at, *callable, *args));
+        break;
+      }
+      case kBuild: {  // sets an object's state (OrderedDict._metadata, tensor hooks): ignored
+        pop(at);
+        const Kind kind = top(at)->kind;
+        if (kind != Kind::kDict && kind != Kind::kTensor) {
+          fail(at, std::string("BUILD on a ") + kind_name(kind));
+        }
+        break;
+      }
+      default: {
+        char hex[8];
+        std::snprintf(hex, sizeof(hex), "0x%02x", op);
+        fail(at, std::string("unsupported opcode ") + hex +
+                     " (not something torch.save writes for a state dict)");
+      }
+    }
+  }
+
+  // LONG1: an n-byte little-endian two's complement integer (n <= 8 here).
+  int64_t long1(size_t at) {
+    const uint8_t n = u8();
+    if (n > 8) fail(at, "LONG1 of " + std::to_string(n) + " bytes is too large");
+    uint64_t v = n == 0 ? 0 : little_endian(n);
+    if (n > 0 && n < 8 && (v >> (8 * n - 1)) != 0) v |= ~uint64_t{0} << (8 * n);  // sign-extend
+    return static_cast<int64_t>(v);
+  }
+
+  void stack_global(size_t at) {
+    const ValuePtr name = pop(at);
+    const ValuePtr module = pop(at);
+    if (name->kind != Kind::kString || module->kind != Kind::kString) {
+      fail(at, "STACK_GLOBAL needs two strings");
+    }
+    push(string(Kind::kGlobal, module->text + "." + name->text));
+  }
+  // clang-format on
+
+  // ('storage', storage_type, key, location, numel) -> a storage reference.
+  ValuePtr persistent_load(size_t at, const Value& pid) {
+    const auto& t = pid.items;
+    if (pid.kind != Kind::kTuple || t.size() != 5 || t[0]->kind != Kind::kString ||
+        t[0]->text != "storage" || t[1]->kind != Kind::kGlobal || t[2]->kind != Kind::kString ||
+        t[4]->kind != Kind::kInt) {
+      fail(at, "persistent id is not ('storage', type, key, location, numel)");
+    }
+    auto v = make(Kind::kStorage);
+    if (!storage_dtype(t[1]->text, &v->tensor.dtype)) {
+      fail(at, "unsupported storage type " + t[1]->text);
+    }
+    if (t[4]->integer < 0) fail(at, "negative storage size");
+    v->tensor.storage_key = t[2]->text;
+    v->tensor.storage_numel = t[4]->integer;
+    return v;
+  }
+
+  ValuePtr reduce(size_t at, const Value& callable, const Value& args) {
+    if (callable.kind != Kind::kGlobal || args.kind != Kind::kTuple) {
+      fail(at, "REDUCE needs a global and an argument tuple");
+    }
+    const std::string& name = callable.text;
+    if (name == "collections.OrderedDict") {
+      if (!args.items.empty()) fail(at, "OrderedDict with constructor arguments");
+      return make(Kind::kDict);
+    }
+    if (name == "torch._utils._rebuild_tensor_v2") return rebuild_tensor(at, args.items);
+    if (name == "torch._utils._rebuild_parameter" ||
+        name == "torch._utils._rebuild_parameter_with_state") {
+      if (args.items.empty() || args.items[0]->kind != Kind::kTensor) {
+        fail(at, name + " without a tensor");
+      }
+      return args.items[0];
+    }
+    fail(at, "unsupported callable " + name + " (llt reads state dicts of plain tensors)");
+  }
+
+  // _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, hooks[, metadata])
+  ValuePtr rebuild_tensor(size_t at, const std::vector<ValuePtr>& a) {
+    if (a.size() < 4 || a[0]->kind != Kind::kStorage || a[1]->kind != Kind::kInt ||
+        a[2]->kind != Kind::kTuple || a[3]->kind != Kind::kTuple) {
+      fail(at, "_rebuild_tensor_v2 arguments are not (storage, offset, size, stride, ...)");
+    }
+    auto v = make(Kind::kTensor);
+    v->tensor = a[0]->tensor;
+    v->tensor.storage_offset = a[1]->integer;
+    for (const auto& s : a[2]->items) v->tensor.sizes.push_back(as_dim(at, *s));
+    for (const auto& s : a[3]->items) v->tensor.strides.push_back(as_dim(at, *s));
+    check_extent(at, v->tensor);
+    return v;
+  }
+
+  int64_t as_dim(size_t at, const Value& v) {
+    if (v.kind != Kind::kInt || v.integer < 0) fail(at, "tensor size or stride is not an int >= 0");
+    return v.integer;
+  }
+
+  // The last element the view touches must lie inside the storage.
+  void check_extent(size_t at, const PthTensorRecord& t) {
+    if (t.sizes.size() != t.strides.size()) fail(at, "tensor size and stride differ in length");
+    if (t.storage_offset < 0) fail(at, "negative storage offset");
+    int64_t last = t.storage_offset;
+    bool empty = false;
+    for (size_t i = 0; i < t.sizes.size(); ++i) {
+      int64_t span = 0;
+      if (t.sizes[i] == 0) empty = true;
+      if (t.sizes[i] > 0 && (__builtin_mul_overflow(t.sizes[i] - 1, t.strides[i], &span) ||
+                             __builtin_add_overflow(last, span, &last))) {
+        fail(at, "tensor extent overflows");
+      }
+    }
+    if (!empty && last >= t.storage_numel) {
+      fail(at, "tensor of size " + shape_string(t.sizes) + " at offset " +
+                   std::to_string(t.storage_offset) + " overruns its storage of " +
+                   std::to_string(t.storage_numel) + " elements");
+    }
+  }
+
+  const std::string& data_;
+  const std::string& source_;
+  size_t pos_ = 0;
+  std::vector<ValuePtr> stack_;
+  std::vector<size_t> marks_;  // stack heights at each MARK
+  std::unordered_map<uint64_t, ValuePtr> memo_;
+};
+
+// c10::Error messages carry a multi-line backtrace; keep the first line.
+std::string first_line(const std::string& s) {
+  return s.substr(0, s.find('\n'));
+}
+
+}  // namespace
+
+std::vector<PthTensorRecord> parse_torch_pickle(const std::string& pickle,
+                                                const std::string& source) {
+  const ValuePtr root = PickleMachine(pickle, source).run();
+  if (root->kind != Kind::kDict) {
+    throw InputError(source + ": the pickle holds a " + kind_name(root->kind) +
+                     ", expected a state dict {name: tensor}");
+  }
+  std::vector<PthTensorRecord> records;
+  std::unordered_set<std::string> seen;
+  for (const auto& [key, value] : root->entries) {
+    if (key->kind != Kind::kString) {
+      throw InputError(source + ": state dict key is a " + kind_name(key->kind) + ", not a str");
+    }
+    if (value->kind != Kind::kTensor) {
+      throw InputError(source + ": state dict entry '" + key->text + "' is a " +
+                       kind_name(value->kind) + ", not a tensor (llt reads flat state dicts)");
+    }
+    if (!seen.insert(key->text).second) {
+      throw InputError(source + ": state dict key '" + key->text + "' appears twice");
+    }
+    records.push_back(value->tensor);
+    records.back().name = key->text;
+  }
+  return records;
+}
+
+PthFile::PthFile(const std::filesystem::path& path) : path_(path) {
+  const std::string source = path.string();
+  std::string pickle;
+  try {
+    reader_ = std::make_unique<caffe2::serialize::PyTorchStreamReader>(source);
+    if (!reader_->hasRecord("data.pkl")) {
+      throw InputError(source + ": zip archive has no data.pkl; not written by torch.save?");
+    }
+    const auto [data, size] = reader_->getRecord("data.pkl");
+    pickle.assign(static_cast<const char*>(data.get()), size);
+    if (reader_->hasRecord("byteorder")) {  // written by torch >= 2.1
+      const auto [order, order_size] = reader_->getRecord("byteorder");
+      const std::string byteorder(static_cast<const char*>(order.get()), order_size);
+      if (byteorder != "little") {
+        throw InputError(source + ": byteorder '" + byteorder + "' is not supported (little only)");
+      }
+    }
+  } catch (const c10::Error& e) {
+    throw InputError(source + ": not a readable torch.save zip archive (" +
+                     first_line(e.what_without_backtrace()) + ")");
+  }
+  records_ = parse_torch_pickle(pickle, source + " data.pkl");
+  for (size_t i = 0; i < records_.size(); ++i) {
+    index_[records_[i].name] = i;
+    tensors_.push_back(TensorInfo{records_[i].name, records_[i].dtype, records_[i].sizes});
+  }
+}
+
+PthFile::~PthFile() = default;
+
+const TensorInfo* PthFile::find(const std::string& name) const {
+  const auto it = index_.find(name);
+  return it == index_.end() ? nullptr : &tensors_[it->second];
+}
+
+at::Tensor PthFile::read(const std::string& name) {
+  const auto it = index_.find(name);
+  if (it == index_.end()) throw InputError(path_.string() + ": no tensor '" + name + "'");
+  const PthTensorRecord& record = records_[it->second];
+  const auto options = at::TensorOptions().dtype(record.dtype);
+  const std::string record_name = "data/" + record.storage_key;
+  const std::string where = path_.string() + ": tensor '" + name + "' (record " + record_name + ")";
+  at::DataPtr data;
+  size_t size = 0;
+  try {
+    if (!reader_->hasRecord(record_name)) throw InputError(where + " is missing from the archive");
+    std::tie(data, size) = reader_->getRecord(record_name);
+  } catch (const c10::Error& e) {
+    throw InputError(where + " cannot be read: " + first_line(e.what_without_backtrace()));
+  }
+  const size_t element = c10::elementSize(record.dtype);
+  if (size / element < static_cast<size_t>(record.storage_numel)) {
+    throw InputError(where + " holds " + std::to_string(size) + " bytes, its storage needs " +
+                     std::to_string(record.storage_numel * element));
+  }
+  if (record.storage_numel == 0) return at::empty(record.sizes, options);
+  // The tensor views the record's buffer, which lives as long as the tensor.
+  auto holder = std::make_shared<at::DataPtr>(std::move(data));
+  char* base = static_cast<char*>(holder->get()) + record.storage_offset * element;
+  return at::from_blob(
+      base, record.sizes, record.strides, [holder](void*) {}, options);
+}
+
+}  // namespace llt

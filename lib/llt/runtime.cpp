@@ -1,0 +1,93 @@
+#include "llt/runtime.h"
+
+#include <malloc.h>
+
+#include <cstdlib>
+#include <string>
+#include <thread>
+
+#include <ATen/Context.h>
+#include <ATen/Parallel.h>
+#include <torch/cuda.h>
+
+#include "llt/errors.h"
+
+namespace llt {
+namespace {
+
+bool g_malloc_tuning = false;
+
+// glibc caps M_MMAP_THRESHOLD at 32 MiB on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX): blocks below
+// it come from the heap and are reused; larger ones are mmap'd, where the page-fault cost is
+// small next to the work done on such a tensor.
+constexpr int kMmapThreshold = 32 * 1024 * 1024;
+// Never give freed heap memory back to the kernel during a run.
+constexpr int kTrimThreshold = 1 << 30;
+
+}  // namespace
+
+void init_process() {
+  const char* env = std::getenv("LLT_MALLOC_TUNING");
+  if (env != nullptr && std::string(env) == "0") return;
+  g_malloc_tuning = mallopt(M_MMAP_THRESHOLD, kMmapThreshold) == 1 &&
+                    mallopt(M_TRIM_THRESHOLD, kTrimThreshold) == 1;
+}
+
+bool malloc_tuning_active() { return g_malloc_tuning; }
+
+int resolve_threads(int requested) {
+  if (requested > 0) return requested;
+  if (const char* slurm = std::getenv("SLURM_CPUS_PER_TASK")) {
+    char* end = nullptr;
+    const long n = std::strtol(slurm, &end, 10);
+    if (end == slurm || *end != '\0' || n <= 0) {
+      throw InputError(std::string("SLURM_CPUS_PER_TASK: expected a positive integer, got '") +
+                       slurm + "'");
+    }
+    return static_cast<int>(n);
+  }
+  const unsigned hw = std::thread::hardware_concurrency();
+  return hw > 0 ? static_cast<int>(hw) : 1;
+}
+
+int configure_threads(int requested) {
+  const int n = resolve_threads(requested);
+  at::set_num_threads(n);
+  return n;
+}
+
+c10::Device resolve_device(const std::string& name) {
+  if (name == "auto") return torch::cuda::is_available() ? c10::Device("cuda") : c10::Device("cpu");
+  if (name == "cpu") return c10::Device("cpu");
+  if (name.rfind("cuda", 0) == 0) {
+    if (!torch::cuda::is_available()) {
+      throw InputError("--device " + name + ": no CUDA device is available in this build/machine");
+    }
+    return c10::Device(name);
+  }
+  throw InputError("--device: expected auto, cpu or cuda[:N], got '" + name + "'");
+}
+
+c10::ScalarType resolve_dtype(const std::string& name, const c10::Device& device) {
+  if (name == "fp32") return c10::kFloat;
+  if (name == "bf16") return c10::kBFloat16;
+  if (name == "fp16") {
+    if (device.is_cpu()) {
+      throw InputError("--dtype fp16: not supported on CPU (LibTorch CPU kernels lack half "
+                       "matmul/softmax); use bf16 or fp32");
+    }
+    return c10::kHalf;
+  }
+  throw InputError("--dtype: expected fp32, bf16 or fp16, got '" + name + "'");
+}
+
+std::string dtype_name(c10::ScalarType dtype) {
+  switch (dtype) {
+    case c10::kFloat: return "fp32";
+    case c10::kBFloat16: return "bf16";
+    case c10::kHalf: return "fp16";
+    default: return c10::toString(dtype);
+  }
+}
+
+}  // namespace llt

@@ -1,0 +1,37 @@
+// Process-level set-up shared by every tool: allocator tuning, threads, device and dtype.
+#pragma once
+
+#include <string>
+
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+
+namespace llt {
+
+// Called first in every tool's main(). Raises glibc's mmap and trim thresholds so freed tensor
+// memory is reused instead of handed back to the kernel and page-faulted in again on the next
+// allocation (measured in bench/: up to several x on small models). LLT_MALLOC_TUNING=0 turns
+// it off, for measurement.
+void init_process();
+
+// Whether init_process() applied the allocator tuning.
+bool malloc_tuning_active();
+
+// Threads to use: `requested` if > 0, else SLURM_CPUS_PER_TASK if set, else all cores.
+// Throws InputError on a SLURM_CPUS_PER_TASK that is not a positive integer.
+int resolve_threads(int requested);
+
+// Sets intra-op threads for ATen (and OpenMP/OpenBLAS through it); returns the count used.
+int configure_threads(int requested);
+
+// "auto" -> cuda if available else cpu; "cpu"; "cuda" or "cuda:N" (InputError if no CUDA).
+c10::Device resolve_device(const std::string& name);
+
+// "fp32" | "bf16" | "fp16" -> ScalarType. fp16 on a CPU device is an InputError: LibTorch's
+// CPU kernels lack half matmul/softmax (PLATFORM.md).
+c10::ScalarType resolve_dtype(const std::string& name, const c10::Device& device);
+
+// The short name of a dtype: "fp32", "bf16", "fp16".
+std::string dtype_name(c10::ScalarType dtype);
+
+}  // namespace llt

@@ -1,0 +1,46 @@
+#include "llt/setup.h"
+
+#include <chrono>
+#include <string>
+
+#include "llt/errors.h"
+#include "llt/runtime.h"
+
+namespace llt {
+
+std::filesystem::path find_tokenizer(const ModelOptions& options) {
+  if (!options.tokenizer.empty()) return options.tokenizer;
+  const std::filesystem::path model(options.model);
+  const auto dir = std::filesystem::is_directory(model) ? model : model.parent_path();
+  const auto candidate = dir / "tokenizer.model";
+  if (std::filesystem::exists(candidate)) return candidate;
+  throw InputError(options.model + ": no tokenizer.model beside the model; pass --tokenizer");
+}
+
+ModelSetup setup_model(const ModelOptions& options) {
+  const int threads = configure_threads(options.threads);
+  const auto device = resolve_device(options.device);
+  const auto dtype = resolve_dtype(options.dtype, device);
+  const auto tokenizer_path = find_tokenizer(options);
+  auto tokenizer = Tokenizer::load(tokenizer_path);
+
+  const auto started = std::chrono::steady_clock::now();
+  LoadOptions load;
+  load.device = device;
+  load.dtype = dtype;
+  load.n_layers = options.n_layers;
+  auto loaded = load_model(options.model, load);
+  const double load_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+
+  const int64_t model_vocab = loaded.args.vocab_size;
+  if (tokenizer.vocab_size() > model_vocab) {
+    throw InputError(tokenizer_path.string() + ": tokenizer has " +
+                     std::to_string(tokenizer.vocab_size()) + " pieces but the model at " +
+                     options.model + " has vocab_size " + std::to_string(model_vocab) +
+                     "; wrong --tokenizer?");
+  }
+  return ModelSetup{std::move(loaded), std::move(tokenizer), device, dtype, threads, load_seconds};
+}
+
+}  // namespace llt

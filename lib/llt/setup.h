@@ -1,0 +1,30 @@
+// What every inference/training tool does first: threads, device, dtype, model and tokenizer,
+// checked against each other.
+#pragma once
+
+#include <filesystem>
+
+#include "llt/checkpoint.h"
+#include "llt/options.h"
+#include "llt/tokenizer.h"
+
+namespace llt {
+
+struct ModelSetup {
+  LoadedModel loaded;
+  Tokenizer tokenizer;
+  c10::Device device{c10::kCPU};
+  c10::ScalarType dtype = c10::kFloat;
+  int threads = 1;
+  double load_seconds = 0;
+};
+
+// The tokenizer to use: --tokenizer if given, else `tokenizer.model` in the model directory (or
+// beside the model file). Throws InputError if none is found.
+std::filesystem::path find_tokenizer(const ModelOptions& options);
+
+// Configures threads, resolves device/dtype, loads the model (straight into device and dtype)
+// and the tokenizer, and checks the tokenizer's vocabulary fits the model's. Throws InputError.
+ModelSetup setup_model(const ModelOptions& options);
+
+}  // namespace llt

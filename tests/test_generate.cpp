@@ -1,0 +1,185 @@
+// Decoding: KV cache on/off equality, batch independence, sampling filters, prompt files, and
+// token-for-token agreement with independent implementations on the shipped stories260K model.
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "llt/alpaca.h"
+#include "llt/checkpoint.h"
+#include "llt/errors.h"
+#include "llt/generate.h"
+#include "llt/generate_tool.h"
+#include "llt/io.h"
+#include "llt/tokenizer.h"
+
+namespace llt {
+namespace {
+
+namespace fs = std::filesystem;
+
+Transformer tiny_model(uint64_t seed, at::ScalarType dtype = at::kFloat) {
+  ModelArgs args = preset_args("tiny");
+  args.vocab_size = 96;
+  Transformer model(args, at::TensorOptions().dtype(dtype));
+  model->init_random(seed);
+  return model;
+}
+
+std::vector<std::vector<int64_t>> sample_prompts() {
+  return {{1, 5, 17, 42, 8}, {1, 77}, {1, 3, 9, 27, 81, 50, 60, 2 + 10}};
+}
+
+GenerateOptions greedy(int64_t max_new, bool kv_cache) {
+  GenerateOptions o;
+  o.sampling.max_new_tokens = max_new;
+  o.kv_cache = kv_cache;
+  return o;
+}
+
+TEST(Generate, GreedyIdsEqualWithAndWithoutKvCache) {
+  auto model = tiny_model(7);
+  const auto with_cache = generate(*model, sample_prompts(), greedy(40, true));
+  const auto without = generate(*model, sample_prompts(), greedy(40, false));
+  ASSERT_EQ(with_cache.sequences.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(with_cache.sequences[i].ids.size(), 40u);
+    EXPECT_EQ(with_cache.sequences[i].ids, without.sequences[i].ids) << "prompt " << i;
+  }
+}
+
+TEST(Generate, BatchedEqualsOneAtATime) {
+  auto model = tiny_model(3);
+  const auto prompts = sample_prompts();
+  const auto batched = generate(*model, prompts, greedy(20, true));
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const auto alone = generate(*model, {prompts[i]}, greedy(20, true));
+    EXPECT_EQ(alone.sequences[0].ids, batched.sequences[i].ids) << "prompt " << i;
+    EXPECT_EQ(batched.sequences[i].prompt_ids, prompts[i]);
+  }
+}
+
+TEST(Generate, KvCacheLogitsMatchFullForward) {
+  auto model = tiny_model(5);
+  torch::NoGradGuard no_grad;
+  const auto tokens = at::randint(0, 96, {2, 12}, at::kLong);
+  const auto full = model->forward(tokens);  // (2, 12, V)
+  auto cache = KVCache::allocate(model->args(), 2, 12, at::TensorOptions().dtype(at::kFloat));
+  std::vector<at::Tensor> steps = {model->forward(tokens.slice(1, 0, 5), &cache)};
+  for (int64_t t = 5; t < 12; ++t) steps.push_back(model->forward(tokens.slice(1, t, t + 1), &cache));
+  const auto incremental = at::cat(steps, /*dim=*/1);
+  EXPECT_EQ(cache.length, 12);
+  EXPECT_LT((incremental - full).abs().max().item<float>(), 1e-5);
+}
+
+TEST(Generate, StopsAtStopIdAndExcludesIt) {
+  auto model = tiny_model(7);
+  const auto free_run = generate(*model, {{1, 5, 17}}, greedy(30, true));
+  ASSERT_GE(free_run.sequences[0].ids.size(), 5u);
+  auto options = greedy(30, true);
+  options.stop_ids = {free_run.sequences[0].ids[4]};
+  const auto stopped = generate(*model, {{1, 5, 17}}, options);
+  EXPECT_TRUE(stopped.sequences[0].stopped);
+  const auto& ids = stopped.sequences[0].ids;
+  EXPECT_LE(ids.size(), 4u);
+  EXPECT_EQ(std::vector<int64_t>(free_run.sequences[0].ids.begin(),
+                                 free_run.sequences[0].ids.begin() + ids.size()),
+            ids);
+}
+
+TEST(Generate, RejectsEmptyAndOverlongPrompts) {
+  auto model = tiny_model(1);
+  EXPECT_THROW(generate(*model, {{}}, greedy(4, true)), InputError);
+  std::vector<int64_t> too_long(model->args().max_seq_len, 3);
+  EXPECT_THROW(generate(*model, {too_long}, greedy(4, true)), InputError);
+}
+
+TEST(Sampling, TopKOneIsGreedyAndSeedReproduces) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(0);
+  const auto logits = at::randn({4, 50});
+  SamplingOptions o;
+  o.temperature = 0.7;
+  o.top_k = 1;
+  EXPECT_TRUE(sample_next(logits, o, gen).equal(logits.argmax(-1)));
+
+  o.top_k = 0;
+  auto g1 = at::make_generator<at::CPUGeneratorImpl>(42);
+  auto g2 = at::make_generator<at::CPUGeneratorImpl>(42);
+  std::vector<int64_t> a, b;
+  for (int i = 0; i < 20; ++i) {
+    a.push_back(sample_next(logits, o, g1)[0].item<int64_t>());
+    b.push_back(sample_next(logits, o, g2)[0].item<int64_t>());
+  }
+  EXPECT_EQ(a, b);
+}
+
+TEST(Sampling, TopPKeepsOnlyTheNucleus) {
+  // probabilities 0.5, 0.3, 0.15, 0.05: top_p 0.7 keeps the first two tokens only.
+  const auto logits = at::log(at::tensor({0.5f, 0.3f, 0.15f, 0.05f})).unsqueeze(0);
+  SamplingOptions o;
+  o.temperature = 1.0;
+  o.top_p = 0.7;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(1);
+  std::vector<int> counts(4, 0);
+  for (int i = 0; i < 400; ++i) ++counts[sample_next(logits, o, gen)[0].item<int64_t>()];
+  EXPECT_EQ(counts[2] + counts[3], 0);
+  EXPECT_GT(counts[0], counts[1]);
+  EXPECT_GT(counts[1], 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prompts and templates
+
+fs::path temp_file(const std::string& name, const std::string& content) {
+  const auto path = fs::temp_directory_path() / ("llt_test_generate_" + name);
+  std::ofstream(path) << content;
+  return path;
+}
+
+TEST(PromptsFile, TextLinesAndJsonl) {
+  const auto text = temp_file("a.txt", "first prompt\n\n{not json} second\r\n");
+  const auto records = read_prompts_file(text.string());
+  ASSERT_EQ(records.size(), 2u);
+  EXPECT_EQ(records[1].prompt, "{not json} second");
+
+  const auto jsonl = temp_file(
+      "b.jsonl", "{\"prompt\": \"hello\"}\n{\"instruction\": \"Add\", \"input\": \"1 and 2\"}\n");
+  const auto parsed = read_prompts_file(jsonl.string());
+  ASSERT_EQ(parsed.size(), 2u);
+  EXPECT_EQ(parsed[0].prompt, "hello");
+  EXPECT_EQ(parsed[1].input, "1 and 2");
+  EXPECT_EQ(apply_template(parsed[1], "alpaca"), format_alpaca_prompt("Add", "1 and 2"));
+}
+
+TEST(PromptsFile, BadRecordsNameTheLine) {
+  const auto bad = temp_file("c.jsonl", "{\"prompt\": \"ok\"}\n[1, 2]\n");
+  try {
+    read_prompts_file(bad.string());
+    FAIL() << "expected InputError";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("record 2"), std::string::npos) << e.what();
+  }
+  const auto missing = temp_file("d.jsonl", "{\"text\": \"no prompt field\"}\n");
+  EXPECT_THROW(read_prompts_file(missing.string()), InputError);
+  const auto empty = temp_file("e.txt", "\n  \n");
+  EXPECT_THROW(read_prompts_file(empty.string()), InputError);
+}
+
+TEST(Alpaca, TemplatesAreStanfordAlpacas) {
+  EXPECT_EQ(format_alpaca_prompt("Name a color.", ""),
+            "Below is an instruction that describes a task. Write a response that appropriately "
+            "completes the request.\n\n### Instruction:\nName a color.\n\n### Response:");
+  EXPECT_EQ(format_alpaca_prompt("Sum", "{instruction}"),
+            "Below is an instruction that describes a task, paired with an input that provides "
+            "further context. Write a response that appropriately completes the request.\n\n"
+            "### Instruction:\nSum\n\n### Input:\n{instruction}\n\n### Response:");
+}
+
+}  // namespace
+}  // namespace llt
