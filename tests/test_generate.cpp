@@ -181,5 +181,62 @@ TEST(Alpaca, TemplatesAreStanfordAlpacas) {
             "### Instruction:\nSum\n\n### Input:\n{instruction}\n\n### Response:");
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// stories260K against independent implementations (llama2.c run.c and the Python reference in
+// data_prep/; tests/assets/stories260K/README.md says how the goldens were made).
+
+const fs::path kStories = fs::path(LLT_SOURCE_DIR) / "assets/models/stories260K";
+
+nlohmann::json stories_goldens() {
+  return nlohmann::json::parse(
+      read_file(fs::path(LLT_TEST_ASSETS) / "stories260K/greedy_goldens.json"));
+}
+
+TEST(Stories260K, PromptIdsEqualTheGoldens) {
+  const auto tokenizer = Tokenizer::load(kStories / "tok512.model");
+  for (const auto& c : stories_goldens()["cases"]) {
+    const auto ids = tokenizer.encode(c["prompt"].get<std::string>(), /*bos=*/true, /*eos=*/false);
+    EXPECT_EQ(std::vector<int64_t>(ids.begin(), ids.end()), c["prompt_ids"].get<std::vector<int64_t>>())
+        << c["name"];
+  }
+}
+
+void expect_stories_goldens(bool kv_cache, size_t max_cases) {
+  auto loaded = load_model(kStories / "stories260K.bin", LoadOptions{});
+  const auto goldens = stories_goldens();
+  const int64_t steps = goldens["steps"].get<int64_t>();
+  size_t checked = 0;
+  for (const auto& c : goldens["cases"]) {
+    if (checked++ == max_cases) break;
+    const auto prompt = c["prompt_ids"].get<std::vector<int64_t>>();
+    GenerateOptions options = greedy(steps + 1 - static_cast<int64_t>(prompt.size()), kv_cache);
+    options.stop_ids = {goldens["bos_id"].get<int64_t>(), goldens["eos_id"].get<int64_t>()};
+    const auto result = generate(*loaded.model, {prompt}, options);
+    EXPECT_EQ(result.sequences[0].ids, c["ids"].get<std::vector<int64_t>>()) << c["name"];
+    EXPECT_EQ(result.sequences[0].stopped, c["stopped_by"] == "bos") << c["name"];
+  }
+}
+
+TEST(Stories260K, GreedyIdsEqualRunCWithKvCache) { expect_stories_goldens(true, 1000); }
+
+TEST(Stories260K, GreedyIdsEqualRunCWithoutKvCache) { expect_stories_goldens(false, 3); }
+
+TEST(Stories260K, BatchedGreedyEqualsGoldens) {
+  auto loaded = load_model(kStories / "stories260K.bin", LoadOptions{});
+  const auto goldens = stories_goldens();
+  std::vector<std::vector<int64_t>> prompts;
+  for (const auto& c : goldens["cases"]) prompts.push_back(c["prompt_ids"]);
+  GenerateOptions options = greedy(64, true);
+  options.stop_ids = {1, 2};
+  const auto result = generate(*loaded.model, prompts, options);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const auto golden = goldens["cases"][i]["ids"].get<std::vector<int64_t>>();
+    const size_t n = std::min<size_t>(64, golden.size());
+    EXPECT_EQ(result.sequences[i].ids, std::vector<int64_t>(golden.begin(), golden.begin() + n))
+        << goldens["cases"][i]["name"];
+  }
+}
+
 }  // namespace
 }  // namespace llt

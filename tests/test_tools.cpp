@@ -1,0 +1,138 @@
+// The tools as users run them: exit codes, one-line errors, outputs written or refused.
+// Spawns the built binaries (tests depend on them in tests/CMakeLists.txt).
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "llt/io.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Run {
+  int code = -1;
+  std::string output;  // stdout and stderr together
+};
+
+Run run(const std::string& args) {
+  const std::string cmd = std::string(LLT_BINARY_DIR) + "/bin/" + args + " 2>&1";
+  Run r;
+  FILE* pipe = popen(cmd.c_str(), "r");
+  std::array<char, 4096> buf{};
+  while (size_t n = fread(buf.data(), 1, buf.size(), pipe)) r.output.append(buf.data(), n);
+  const int status = pclose(pipe);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+const std::string kStories = std::string(LLT_SOURCE_DIR) + "/assets/models/stories260K";
+const std::string kGenerate = "llt-generate --model " + kStories + "/stories260K.bin --tokenizer " +
+                              kStories + "/tok512.model --threads 1 ";
+
+fs::path fresh_dir(const std::string& name) {
+  const auto dir = fs::temp_directory_path() / ("llt_test_tools_" + name);
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+int count_lines(const std::string& s) {
+  int n = 0;
+  for (char c : s) n += c == '\n';
+  return n;
+}
+
+TEST(LltGenerate, WritesJsonlMatchingTheGoldens) {
+  const auto dir = fresh_dir("jsonl");
+  const auto out = dir / "gen.jsonl";
+  const auto r = run(kGenerate + "--prompt 'Once upon a time' --prompt 'Lily and Tom' " +
+                     "--max-new-tokens 32 --output " + out.string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto goldens = nlohmann::json::parse(
+      llt::read_file(fs::path(LLT_TEST_ASSETS) / "stories260K/greedy_goldens.json"));
+  std::ifstream in(out);
+  std::string line;
+  std::map<std::string, nlohmann::json> by_prompt;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line);
+    by_prompt[j["prompt"]] = j;
+    for (const char* key : {"prompt", "completion", "prompt_ids", "ids", "tokens_per_s"}) {
+      EXPECT_TRUE(j.contains(key)) << key;
+    }
+  }
+  ASSERT_EQ(by_prompt.size(), 2u);
+  for (const auto& c : goldens["cases"]) {
+    if (!by_prompt.count(c["prompt"])) continue;
+    const auto& j = by_prompt[c["prompt"]];
+    auto golden = c["ids"].get<std::vector<int64_t>>();
+    golden.resize(32);
+    EXPECT_EQ(j["ids"].get<std::vector<int64_t>>(), golden);
+    EXPECT_EQ(j["prompt_ids"], c["prompt_ids"]);
+    EXPECT_EQ(j["completion"].get<std::string>().substr(0, 10),
+              c["full_text"].get<std::string>().substr(c["prompt"].get<std::string>().size(), 10));
+  }
+}
+
+TEST(LltGenerate, RefusesToOverwriteAnExistingOutput) {
+  const auto dir = fresh_dir("overwrite");
+  const auto out = dir / "gen.jsonl";
+  std::ofstream(out) << "precious\n";
+  const auto r = run(kGenerate + "--prompt hi --max-new-tokens 2 --output " + out.string());
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_EQ(llt::read_file(out), "precious\n");
+  EXPECT_EQ(run(kGenerate + "--prompt hi --max-new-tokens 2 --overwrite --output " +
+                out.string()).code, 0);
+  EXPECT_NE(llt::read_file(out), "precious\n");
+  EXPECT_FALSE(fs::exists(out.string() + ".tmp"));
+}
+
+TEST(LltGenerate, BadInputIsOneLineAndExitOne) {
+  const auto dir = fresh_dir("bad");
+  std::ofstream(dir / "garbage.bin") << "this is not a checkpoint at all, not even close";
+  const std::vector<std::string> cases = {
+      "llt-generate --model /nonexistent/model.bin --prompt hi",
+      "llt-generate --model " + (dir / "garbage.bin").string() + " --tokenizer " + kStories +
+          "/tok512.model --prompt hi",
+      kGenerate + "--prompt hi --dtype fp16 --device cpu",
+      kGenerate + "--prompt hi --max-new-tokens 0",
+      kGenerate + "--prompt hi --kv-cache maybe",
+      kGenerate,  // no prompt
+      "llt-generate --model " + kStories + "/stories260K.bin --tokenizer " +
+          (dir / "garbage.bin").string() + " --prompt hi",
+  };
+  for (const auto& args : cases) {
+    const auto r = run(args);
+    EXPECT_EQ(r.code, 1) << args << "\n" << r.output;
+    EXPECT_EQ(count_lines(r.output), 1) << args << "\n" << r.output;
+    EXPECT_NE(r.output.find("error"), std::string::npos) << r.output;
+  }
+}
+
+TEST(LltGenerate, HelpExitsZero) {
+  const auto r = run("llt-generate --help");
+  EXPECT_EQ(r.code, 0);
+  EXPECT_NE(r.output.find("--kv-cache"), std::string::npos);
+}
+
+TEST(LltGenerate, ConfigFileWithUnknownKeyIsAnError) {
+  const auto dir = fresh_dir("config");
+  std::ofstream(dir / "ok.toml") << "max-new-tokens = 3\nkv-cache = \"off\"\n";
+  std::ofstream(dir / "bad.toml") << "max-new-tokenz = 3\n";
+  const auto ok = run(kGenerate + "--prompt hi --output " + (dir / "o.jsonl").string() +
+                      " --config " + (dir / "ok.toml").string());
+  ASSERT_EQ(ok.code, 0) << ok.output;
+  const auto j = nlohmann::json::parse(llt::read_file(dir / "o.jsonl"));
+  EXPECT_LE(j["ids"].size(), 3u);
+  EXPECT_EQ(j["kv_cache"], false);
+  EXPECT_EQ(run(kGenerate + "--prompt hi --config " + (dir / "bad.toml").string()).code, 1);
+}
+
+}  // namespace
