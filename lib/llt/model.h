@@ -86,8 +86,12 @@ TORCH_MODULE(RMSNorm);
 // Rotary embedding tables for Meta's interleaved-pair convention: pair (2i, 2i+1) of each head
 // is rotated by angle pos * theta^(-2i/hd). Tables are fp32, (max_seq_len, hd/2).
 struct RopeTables {
-  torch::Tensor cos;
-  torch::Tensor sin;
+  torch::Tensor cos;  // (max_seq_len, hd/2)
+  torch::Tensor sin;  // (max_seq_len, hd/2)
+  // The same tables laid out per element for apply_rope's pair-swap form:
+  // cos_pairs[p] = (cos0, cos0, cos1, cos1, ...), sin_pairs[p] = (-sin0, sin0, -sin1, sin1, ...).
+  torch::Tensor cos_pairs;  // (max_seq_len, hd)
+  torch::Tensor sin_pairs;  // (max_seq_len, hd)
 };
 RopeTables make_rope_tables(int64_t head_dim, int64_t max_seq_len, double theta,
                             const torch::Device& device);
@@ -96,14 +100,16 @@ torch::Tensor apply_rope(const torch::Tensor& x, const RopeTables& rope, int64_t
 
 // Per-layer key/value cache for incremental decoding, passed explicitly to forward.
 struct KVCache {
-  std::vector<torch::Tensor> k;  // per layer (B, max_len, KV, hd)
-  std::vector<torch::Tensor> v;  // per layer (B, max_len, KV, hd)
+  // Heads before positions, so the filled prefix narrow(2, 0, S) is a batched matrix that
+  // matmul takes without a copy.
+  std::vector<torch::Tensor> k;  // per layer (B, KV, max_len, hd)
+  std::vector<torch::Tensor> v;  // per layer (B, KV, max_len, hd)
   int64_t length = 0;            // positions filled so far (the next call starts here)
 
   // Zero-filled cache for `batch` sequences of up to `max_len` positions.
   static KVCache allocate(const struct ModelArgs& args, int64_t batch, int64_t max_len,
                           const torch::TensorOptions& options);
-  int64_t capacity() const { return k.empty() ? 0 : k.front().size(1); }
+  int64_t capacity() const { return k.empty() ? 0 : k.front().size(2); }
 };
 
 class AttentionImpl : public torch::nn::Module {

@@ -34,4 +34,30 @@ struct GenerateToolOptions {
   bool overwrite = false;            // --overwrite: replace an existing --output file
 };
 
+// LoRA adapters (lib/llt/lora). Defaults from the project brief (DESIGN.md "Training numerics").
+struct LoraOptions {
+  int64_t rank = 16;      // --lora-rank: r, the adapter's inner size; 0 = full fine-tuning
+  double alpha = 32;      // --lora-alpha: the adapter output is scaled by alpha / r
+  double dropout = 0.05;  // --lora-dropout: dropout on the adapter input, training only
+  std::vector<std::string> targets = {"wq", "wv"};  // --lora-targets: of wq wk wv wo w1 w2 w3
+};
+
+// AdamW and its learning-rate schedule (lib/llt/optim).
+struct OptimOptions {
+  double lr = 1e-5;                    // --lr: peak learning rate (the brief's 1e-5)
+  std::string lr_schedule = "constant";  // --lr-schedule: constant | cosine | linear
+  int64_t warmup_steps = 0;            // --warmup-steps: linear ramp up to lr over these steps
+  double weight_decay = 0;             // --weight-decay: decoupled (AdamW); never on 1-D params
+  double grad_clip = 0;                // --grad-clip: max global L2 norm of the gradients; 0 = off
+  double beta1 = 0.9;                  // Adam moments (PyTorch's defaults)
+  double beta2 = 0.999;
+  double eps = 1e-8;
+};
+
+// Activation checkpointing (lib/llt/recompute).
+struct RecomputeOptions {
+  std::string grad_checkpoint = "none";  // --grad-checkpoint: none | block | every-k | ffn
+  int64_t grad_checkpoint_every = 2;     // --grad-checkpoint-every: K of every-k (blocks 0, K, 2K…)
+};
+
 }  // namespace llt
