@@ -22,6 +22,7 @@ struct BenchOptions {
   std::string preset = "llama2_7b";
   int64_t n_layers = 1;
   std::string dtype = "fp32";
+  std::string device = "cpu";
   std::vector<std::string> kv_cache = {"on", "off"};
   int64_t max_new_tokens = 256;
   int64_t prompt_len = 8;
@@ -30,15 +31,17 @@ struct BenchOptions {
   int repeats = 1;
 };
 
-llt::Transformer make_model(const BenchOptions& o, at::ScalarType dtype) {
+llt::Transformer make_model(const BenchOptions& o, const c10::Device& device,
+                            at::ScalarType dtype) {
   if (!o.model.empty()) {
     llt::LoadOptions load;
+    load.device = device;
     load.dtype = dtype;
     return llt::load_model(o.model, load).model;
   }
   llt::ModelArgs args = llt::preset_args(o.preset);
   args.n_layers = o.n_layers;
-  llt::Transformer model(args, at::TensorOptions().dtype(dtype));
+  llt::Transformer model(args, at::TensorOptions().dtype(dtype).device(device));
   model->init_random(/*seed=*/0);
   return model;
 }
@@ -52,7 +55,8 @@ int main(int argc, char** argv) {
   app.add_option("--model", o.model, "Checkpoint (default: random weights of --preset)");
   app.add_option("--preset", o.preset, "Preset shape for random weights");
   app.add_option("--n-layers", o.n_layers, "Blocks of the random model");
-  app.add_option("--dtype", o.dtype, "fp32 | bf16");
+  app.add_option("--dtype", o.dtype, "fp32 | bf16 | fp16 (CUDA)");
+  app.add_option("--device", o.device, "cpu | cuda");
   app.add_option("--kv-cache", o.kv_cache, "on, off or both (repeat the flag)");
   app.add_option("--max-new-tokens", o.max_new_tokens, "Generated tokens");
   app.add_option("--prompt-len", o.prompt_len, "Prompt tokens (BOS + fixed ids)");
@@ -62,8 +66,9 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   try {
     llt::configure_threads(o.threads);
-    const auto dtype = llt::resolve_dtype(o.dtype, c10::Device("cpu"));
-    auto model = make_model(o, dtype);
+    const auto device = llt::resolve_device(o.device);
+    const auto dtype = llt::resolve_dtype(o.dtype, device);
+    auto model = make_model(o, device, dtype);
     std::vector<int64_t> prompt = {1};
     for (int64_t i = 1; i < o.prompt_len; ++i) prompt.push_back(100 + 7 * i % 300);
     const std::vector<std::vector<int64_t>> prompts(o.batch, prompt);
@@ -89,6 +94,7 @@ int main(int argc, char** argv) {
           {"model", o.model.empty() ? o.preset + "-" + std::to_string(o.n_layers) + "L-random"
                                     : o.model},
           {"dtype", o.dtype},
+          {"device", device.str()},
           {"kv_cache", kv},
           {"threads", o.threads},
           {"batch", o.batch},
