@@ -136,3 +136,43 @@ TEST(LltGenerate, ConfigFileWithUnknownKeyIsAnError) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(LltFinetune, RunsFromTheCommandLineAndItsResolvedConfigReadsBack) {
+  const auto dir = fresh_dir("finetune");
+  const std::string data = (dir / "data").string();
+  const auto tok = run("llt-tokenize --tokenizer " + kStories + "/tok512.model --output " + data +
+                       " --first 16 --max-len 320 --threads 1");
+  ASSERT_EQ(tok.code, 0) << tok.output;
+  const std::string run_dir = (dir / "run").string();
+  const std::string args = "llt-finetune --model " + kStories + "/stories260K.bin --data " + data +
+                           " --output " + run_dir + " --threads 1 --max-steps 2 --grad-accum 2" +
+                           " --lora-rank 8 --lora-targets wq,wk,wv --precision bf16";
+  const auto r = run(args);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("step 2/2"), std::string::npos) << r.output;
+  const std::string config = llt::read_file(run_dir + "/config.toml");
+  EXPECT_NE(config.find("lora-rank=8"), std::string::npos) << config;
+  EXPECT_NE(config.find("precision=\"bf16\""), std::string::npos) << config;
+
+  // The resolved config is a valid --config: resuming with it alone continues the run.
+  const auto again = run("llt-finetune --config " + run_dir + "/config.toml --resume auto " +
+                         "--max-steps 3");
+  EXPECT_EQ(again.code, 0) << again.output;
+  EXPECT_NE(again.output.find("resumed from"), std::string::npos) << again.output;
+  EXPECT_NE(again.output.find("step 3/3"), std::string::npos) << again.output;
+
+  const auto refused = run(args);  // the run folder exists now
+  EXPECT_EQ(refused.code, 1) << refused.output;
+  EXPECT_EQ(count_lines(refused.output), 1) << refused.output;
+}
+
+TEST(LltFinetune, BadFlagsExitOne) {
+  const auto r = run("llt-finetune --model " + kStories + "/stories260K.bin --data /nonexistent " +
+                     "--output /tmp/x");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_EQ(run("llt-finetune --help").code, 0);
+}
+
+}  // namespace

@@ -34,7 +34,7 @@ struct LoadOptions {
 
 struct LoadedModel {
   ModelArgs args;  // of the loaded model (n_layers as kept)
-  Transformer model;
+  Transformer model{nullptr};
   CheckpointFormat format;
   std::filesystem::path path;
 };

@@ -14,13 +14,16 @@ void add_config_option(CLI::App& app) {
   app.allow_config_extras(CLI::config_extras_mode::error);
 }
 
-void add_model_options(CLI::App& app, ModelOptions& o) {
+// `with_tokenizer`: llt-finetune takes none (its shards carry the tokenizer's identity).
+void add_model_options(CLI::App& app, ModelOptions& o, bool with_tokenizer = true) {
   app.add_option("--model", o.model, "Checkpoint file or directory (Meta, Hugging Face, llama2.c)")
       ->required()
       ->check(CLI::ExistingPath);
-  app.add_option("--tokenizer", o.tokenizer,
-                 "SentencePiece model (default: tokenizer.model beside the checkpoint)")
-      ->check(CLI::ExistingFile);
+  if (with_tokenizer) {
+    app.add_option("--tokenizer", o.tokenizer,
+                   "SentencePiece model (default: tokenizer.model beside the checkpoint)")
+        ->check(CLI::ExistingFile);
+  }
   app.add_option("--device", o.device, "auto | cpu | cuda[:N]")->capture_default_str();
   app.add_option("--dtype", o.dtype, "Compute dtype")
       ->check(CLI::IsMember({"fp32", "bf16", "fp16"}))
@@ -98,6 +101,134 @@ GenerateToolOptions parse_generate(int argc, char** argv) {
     throw Exit{1};
   }
   return o;
+}
+
+TokenizeToolOptions parse_tokenize(int argc, char** argv) {
+  TokenizeToolOptions o;
+  CLI::App app{
+      "Tokenize Alpaca JSON/JSONL into HDF5 shards for llt-finetune (stanford_alpaca's "
+      "recipe: prompt tokens masked, BOS + prompt + output + EOS).",
+      "llt-tokenize"};
+  add_config_option(app);
+  app.add_option("--input", o.input,
+                 "Alpaca JSON array or JSONL of {instruction, input, output} (default: the "
+                 "shipped assets/data/alpaca/alpaca_data_first_5000.json)")
+      ->check(CLI::ExistingFile);
+  app.add_option("--tokenizer", o.tokenizer, "SentencePiece .model")
+      ->required()
+      ->check(CLI::ExistingFile);
+  app.add_option("--output", o.output, "Dataset directory (manifest.json + shard-NNNNN.h5)")
+      ->required();
+  app.add_option("--max-len", o.max_len, "Tokens per sample at most; longer samples are cut")
+      ->check(CLI::Range(int64_t{2}, int64_t{1} << 30))
+      ->capture_default_str();
+  app.add_option("--skip", o.skip, "Skip the first K records")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--first", o.first, "Take N records after --skip (0: all the rest)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--split", o.splits,
+                 "NAME=START:END (repeatable): records [START, END) into DIR/NAME");
+  app.add_option("--samples-per-shard", o.samples_per_shard, "Samples per shard file, at most")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--on-bad-record", o.on_bad_record,
+                 "fail: exit 1 naming the record; skip: drop it and list it in the manifest")
+      ->check(CLI::IsMember({"fail", "skip"}))
+      ->capture_default_str();
+  app.add_flag("--overwrite", o.overwrite, "Replace the dataset in an existing --output");
+  app.add_option("--threads", o.threads,
+                 "Tokenizer threads (0: SLURM_CPUS_PER_TASK, else all cores)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  parse_or_exit(app, argc, argv);
+  return o;
+}
+
+FinetuneToolOptions parse_finetune(int argc, char** argv) {
+  FinetuneToolOptions o;
+  CLI::App app{"Fine-tune a LLaMA model (LoRA or full) on an llt-tokenize dataset.",
+               "llt-finetune"};
+  add_config_option(app);
+  add_model_options(app, o.model, /*with_tokenizer=*/false);
+  app.get_option("--dtype")->description("dtype of the trained parameters (fp32 master weights)");
+  app.add_option("--data", o.data, "Dataset directory from llt-tokenize")
+      ->required()
+      ->check(CLI::ExistingDirectory);
+  app.add_option("--output", o.output, "Run folder (refused if it exists, unless --resume auto)")
+      ->required();
+  auto& t = o.train;
+  app.add_option("--batch-size", t.batch_size, "Samples per micro-batch")
+      ->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--grad-accum", t.grad_accum, "Micro-batches per optimizer step")
+      ->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--epochs", t.epochs, "Passes over the data (sets the schedule's length)")
+      ->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--max-steps", t.max_steps, "Stop after N optimizer steps (0: all)")
+      ->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--shuffle", t.shuffle, "on | off")
+      ->check(CLI::IsMember({"on", "off"}))->capture_default_str();
+  app.add_option("--seed", t.seed, "Data order, LoRA init, dropout")->capture_default_str();
+  app.add_option("--precision", t.precision, "Autocast compute dtype: fp32 | bf16 | fp16")
+      ->check(CLI::IsMember({"fp32", "bf16", "fp16"}))->capture_default_str();
+  app.add_option("--base-dtype", t.base_dtype, "Frozen base weights: fp32 | bf16 | fp16")
+      ->check(CLI::IsMember({"", "fp32", "bf16", "fp16"}));
+  app.add_option("--loss-normalization", t.loss_normalization,
+                 "tokens (every label token weighs the same) | micro-batch (the seed's mean)")
+      ->check(CLI::IsMember({"tokens", "micro-batch"}))->capture_default_str();
+  app.add_option("--resume", t.resume, "auto | never | PATH of a checkpoints/step-N folder")
+      ->capture_default_str();
+  app.add_option("--save-every", t.save_every, "Checkpoint every N steps (0: only at the end)")
+      ->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--log-every", t.log_every, "Progress line every N steps")
+      ->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--memory-cap-gb", t.memory_cap_gb, "CPU tensor memory cap (0: none)")
+      ->check(CLI::NonNegativeNumber)->capture_default_str();
+  auto& l = o.lora;
+  app.add_option("--lora-rank", l.rank, "LoRA rank r (0: full fine-tuning)")
+      ->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--lora-alpha", l.alpha, "LoRA alpha (scale alpha / r)")->capture_default_str();
+  app.add_option("--lora-dropout", l.dropout, "Dropout on the adapter input")
+      ->check(CLI::Range(0.0, 1.0))->capture_default_str();
+  app.add_option("--lora-targets", l.targets, "Comma-separated: wq,wk,wv,wo,w1,w2,w3")
+      ->delimiter(',')->capture_default_str();
+  auto& p = o.optim;
+  app.add_option("--lr", p.lr, "Peak learning rate")->capture_default_str();
+  app.add_option("--lr-schedule", p.lr_schedule, "constant | cosine | linear")
+      ->check(CLI::IsMember({"constant", "cosine", "linear"}))->capture_default_str();
+  app.add_option("--warmup-steps", p.warmup_steps, "Linear warmup steps")
+      ->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--weight-decay", p.weight_decay, "AdamW decoupled weight decay")
+      ->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--grad-clip", p.grad_clip, "Max global gradient L2 norm (0: off)")
+      ->check(CLI::NonNegativeNumber)->capture_default_str();
+  auto& r = o.recompute;
+  app.add_option("--grad-checkpoint", r.grad_checkpoint, "none | block | every-k | ffn")
+      ->check(CLI::IsMember({"none", "block", "every-k", "ffn"}))->capture_default_str();
+  app.add_option("--grad-checkpoint-every", r.grad_checkpoint_every, "K of every-k")
+      ->check(CLI::PositiveNumber)->capture_default_str();
+  parse_or_exit(app, argc, argv);
+  o.config_text = app.config_to_str(/*default_also=*/true, /*write_description=*/false);
+  o.command_line = command_line(argc, argv);
+  return o;
+}
+
+std::string command_line(int argc, char** argv) {
+  std::string line;
+  for (int i = 0; i < argc; ++i) {
+    std::string arg = argv[i];
+    static const char* kShellSafe =
+        "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-+=/.,:@%";
+    if (arg.empty() || arg.find_first_not_of(kShellSafe) != std::string::npos) {
+      // Single-quote it, writing ' as '\''.
+      std::string quoted = "'";
+      for (const char c : arg) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+      arg = quoted + "'";
+    }
+    line += (i == 0 ? "" : " ") + arg;
+  }
+  return line;
 }
 
 }  // namespace llt::cli

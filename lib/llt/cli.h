@@ -2,6 +2,8 @@
 // and mirror the option fields; `--config FILE.toml` takes the same names as flat keys.
 #pragma once
 
+#include <string>
+
 #include "llt/options.h"
 
 namespace llt::cli {
@@ -14,5 +16,15 @@ struct Exit {
 
 // Parses llt-generate's command line. Throws Exit.
 GenerateToolOptions parse_generate(int argc, char** argv);
+
+// Parses llt-tokenize's command line. Throws Exit.
+TokenizeToolOptions parse_tokenize(int argc, char** argv);
+
+// Parses llt-finetune's command line; fills config_text (resolved TOML) and command_line.
+// Throws Exit.
+FinetuneToolOptions parse_finetune(int argc, char** argv);
+
+// The command line as one shell-quoted string (recorded in outputs such as manifest.json).
+std::string command_line(int argc, char** argv);
 
 }  // namespace llt::cli

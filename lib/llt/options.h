@@ -34,6 +34,21 @@ struct GenerateToolOptions {
   bool overwrite = false;            // --overwrite: replace an existing --output file
 };
 
+// llt-tokenize (lib/llt/tokenize_tool): Alpaca JSON/JSONL -> HDF5 shards (DESIGN.md "Shards").
+struct TokenizeToolOptions {
+  std::string input;      // --input: Alpaca JSON or JSONL; default: the shipped first 5,000 samples
+  std::string tokenizer;  // --tokenizer: SentencePiece .model (required)
+  std::string output;     // --output: dataset directory (DIR/NAME/ per --split)
+  int64_t max_len = 512;  // --max-len: tokens per sample at most (Alpaca's model_max_length)
+  int64_t skip = 0;       // --skip: records to skip first (--first N then takes [skip, skip+N))
+  int64_t first = 0;      // --first: records to take after --skip; 0 = all the rest
+  std::vector<std::string> splits;  // --split NAME=START:END (repeatable): records -> DIR/NAME
+  int64_t samples_per_shard = 10000;     // --samples-per-shard: samples per HDF5 file, at most
+  std::string on_bad_record = "fail";    // --on-bad-record: fail (exit 1, nothing written) | skip
+  bool overwrite = false;  // --overwrite: replace an existing dataset in --output
+  int threads = 0;         // --threads: 0 = SLURM_CPUS_PER_TASK, else all cores
+};
+
 // LoRA adapters (lib/llt/lora). Defaults from the project brief (DESIGN.md "Training numerics").
 struct LoraOptions {
   int64_t rank = 16;      // --lora-rank: r, the adapter's inner size; 0 = full fine-tuning
@@ -44,12 +59,12 @@ struct LoraOptions {
 
 // AdamW and its learning-rate schedule (lib/llt/optim).
 struct OptimOptions {
-  double lr = 1e-5;                    // --lr: peak learning rate (the brief's 1e-5)
+  double lr = 1e-5;                      // --lr: peak learning rate (the brief's 1e-5)
   std::string lr_schedule = "constant";  // --lr-schedule: constant | cosine | linear
-  int64_t warmup_steps = 0;            // --warmup-steps: linear ramp up to lr over these steps
-  double weight_decay = 0;             // --weight-decay: decoupled (AdamW); never on 1-D params
-  double grad_clip = 0;                // --grad-clip: max global L2 norm of the gradients; 0 = off
-  double beta1 = 0.9;                  // Adam moments (PyTorch's defaults)
+  int64_t warmup_steps = 0;              // --warmup-steps: linear ramp up to lr over these steps
+  double weight_decay = 0;               // --weight-decay: decoupled (AdamW); never on 1-D params
+  double grad_clip = 0;                  // --grad-clip: max global L2 norm of gradients; 0 = off
+  double beta1 = 0.9;                    // AdamW moments and epsilon: PyTorch's defaults
   double beta2 = 0.999;
   double eps = 1e-8;
 };
@@ -57,7 +72,36 @@ struct OptimOptions {
 // Activation checkpointing (lib/llt/recompute).
 struct RecomputeOptions {
   std::string grad_checkpoint = "none";  // --grad-checkpoint: none | block | every-k | ffn
-  int64_t grad_checkpoint_every = 2;     // --grad-checkpoint-every: K of every-k (blocks 0, K, 2K…)
+  int64_t grad_checkpoint_every = 2;     // --grad-checkpoint-every: every-k checkpoints 0, K, 2K..
+};
+
+// The training loop's own options (flags in parentheses).
+struct TrainOptions {
+  int64_t batch_size = 1;     // --batch-size: samples per micro-batch (the brief's 1)
+  int64_t grad_accum = 8;     // --grad-accum: micro-batches per optimizer step (the brief's 8)
+  int64_t epochs = 1;         // --epochs: passes over the data; sets the schedule's length
+  int64_t max_steps = 0;      // --max-steps: stop after this many optimizer steps; 0 = no limit
+  std::string shuffle = "on";  // --shuffle: on | off (a seeded permutation per epoch)
+  uint64_t seed = 0;          // --seed: data order, LoRA init and dropout
+  std::string precision = "fp32";  // --precision: fp32 | bf16 | fp16 (autocast compute dtype)
+  std::string base_dtype;     // --base-dtype: frozen base weights fp32 | bf16 | fp16; "" = --dtype
+  std::string loss_normalization = "tokens";  // --loss-normalization: tokens | micro-batch
+  std::string resume = "never";  // --resume: auto | never | PATH (a checkpoints/step-N folder)
+  int64_t save_every = 0;     // --save-every: checkpoint every N steps (and always at the end)
+  int64_t log_every = 1;      // --log-every: progress line every N steps
+  double memory_cap_gb = 0;   // --memory-cap-gb: CPU allocation cap (tests the OOM path); 0 = off
+};
+
+struct FinetuneToolOptions {
+  ModelOptions model;         // --model, --device, --dtype (trainable params), --threads, --n-layers
+  LoraOptions lora;
+  OptimOptions optim;
+  RecomputeOptions recompute;
+  TrainOptions train;
+  std::string data;           // --data: an llt-tokenize directory (with manifest.json)
+  std::string output;         // --output: the run folder (refused if it exists, but --resume auto)
+  std::string config_text;    // the resolved options as TOML (written to the run folder)
+  std::string command_line;   // as typed
 };
 
 }  // namespace llt

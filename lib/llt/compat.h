@@ -1,0 +1,80 @@
+// The one place that knows LibTorch versions apart: Debian's 1.13 here, a CUDA 2.x on the
+// cluster. Everything else calls these wrappers. Include it from .cpp files only.
+//   - Autocast: 1.13 has per-device functions (is_enabled/is_cpu_enabled,
+//     get_autocast_gpu_dtype/get_autocast_cpu_dtype); 2.4 made them take a DeviceType and
+//     deprecated the old ones.
+//   - c10::Allocator: 1.13 declares `DataPtr allocate(size_t) const`; 2.3 dropped the const and
+//     added a pure virtual `copy_data`.
+#pragma once
+
+#include <cstddef>
+#include <cstring>
+
+#include <ATen/autocast_mode.h>
+#include <c10/core/Allocator.h>
+#include <c10/core/DeviceType.h>
+#include <c10/core/ScalarType.h>
+#include <torch/version.h>
+
+#define LLT_TORCH_AT_LEAST(major, minor) \
+  (TORCH_VERSION_MAJOR > (major) ||      \
+   (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR >= (minor)))
+
+namespace llt::compat {
+
+// Autocast for `device` (kCPU or kCUDA; other types are never enabled here).
+inline bool autocast_enabled(c10::DeviceType device) {
+#if LLT_TORCH_AT_LEAST(2, 4)
+  return at::autocast::is_autocast_enabled(device);
+#else
+  return device == c10::DeviceType::CUDA ? at::autocast::is_enabled()
+                                         : at::autocast::is_cpu_enabled();
+#endif
+}
+
+inline void set_autocast_enabled(c10::DeviceType device, bool enabled) {
+#if LLT_TORCH_AT_LEAST(2, 4)
+  at::autocast::set_autocast_enabled(device, enabled);
+#else
+  if (device == c10::DeviceType::CUDA) {
+    at::autocast::set_enabled(enabled);
+  } else {
+    at::autocast::set_cpu_enabled(enabled);
+  }
+#endif
+}
+
+// The lower-precision dtype autocast casts to on `device`.
+inline c10::ScalarType autocast_dtype(c10::DeviceType device) {
+#if LLT_TORCH_AT_LEAST(2, 4)
+  return at::autocast::get_autocast_dtype(device);
+#else
+  return device == c10::DeviceType::CUDA ? at::autocast::get_autocast_gpu_dtype()
+                                         : at::autocast::get_autocast_cpu_dtype();
+#endif
+}
+
+inline void set_autocast_dtype(c10::DeviceType device, c10::ScalarType dtype) {
+#if LLT_TORCH_AT_LEAST(2, 4)
+  at::autocast::set_autocast_dtype(device, dtype);
+#else
+  if (device == c10::DeviceType::CUDA) {
+    at::autocast::set_autocast_gpu_dtype(dtype);
+  } else {
+    at::autocast::set_autocast_cpu_dtype(dtype);
+  }
+#endif
+}
+
+// A c10::Allocator for either API. Derive from it and implement allocate_bytes. Neither
+// `allocate` says `override` on purpose: the const one overrides in 1.13, the non-const one in
+// 2.3+, and the other is a plain overload.
+struct AllocatorBase : c10::Allocator {
+  virtual c10::DataPtr allocate_bytes(size_t n) const = 0;
+  c10::DataPtr allocate(size_t n) const { return allocate_bytes(n); }
+  c10::DataPtr allocate(size_t n) { return allocate_bytes(n); }
+  // Pure virtual in 2.3+ (used by Allocator::clone); unused by 1.13.
+  void copy_data(void* dest, const void* src, size_t count) const { std::memcpy(dest, src, count); }
+};
+
+}  // namespace llt::compat

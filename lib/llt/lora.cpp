@@ -1,0 +1,397 @@
+#include "llt/lora.h"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <set>
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+#include <torch/nn/init.h>
+
+#include "llt/checkpoint.h"
+#include "llt/errors.h"
+#include "llt/io.h"
+#include "llt/safetensors.h"
+
+namespace llt {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+constexpr const char* kAdapterFormat = "llt-lora";
+constexpr int kAdapterFormatVersion = 1;
+constexpr const char* kAdapterWeights = "adapter.safetensors";
+constexpr const char* kAdapterConfig = "adapter_config.json";
+constexpr const char* kPeftWeights = "adapter_model.safetensors";
+
+// "wq" -> "attention.wq", "w1" -> "feed_forward.w1": the target's path inside a block.
+std::string block_module_path(const std::string& name) {
+  const bool attention = name == "wq" || name == "wk" || name == "wv" || name == "wo";
+  return (attention ? "attention." : "feed_forward.") + name;
+}
+
+// Where target `name` of a block lives: the module that registered it and its typed member.
+struct Slot {
+  torch::nn::Module* owner;
+  std::shared_ptr<LinearImpl>* member;
+};
+
+Slot target_slot(TransformerBlockImpl& block, const std::string& name) {
+  AttentionImpl& a = *block.attention;
+  FeedForwardImpl& f = *block.feed_forward;
+  if (name == "wq") return {&a, &a.wq};
+  if (name == "wk") return {&a, &a.wk};
+  if (name == "wv") return {&a, &a.wv};
+  if (name == "wo") return {&a, &a.wo};
+  if (name == "w1") return {&f, &f.w1};
+  if (name == "w2") return {&f, &f.w2};
+  if (name == "w3") return {&f, &f.w3};
+  throw RuntimeError("unknown LoRA target '" + name + "'");
+}
+
+// (out, in) of target `name` in a model with `args`.
+std::pair<int64_t, int64_t> target_shape(const ModelArgs& args, const std::string& name) {
+  const int64_t q = args.n_heads * args.head_dim(), kv = args.kv_heads() * args.head_dim();
+  const int64_t d = args.dim, f = args.ffn_hidden();
+  if (name == "wq") return {q, d};
+  if (name == "wk" || name == "wv") return {kv, d};
+  if (name == "wo") return {d, q};
+  if (name == "w1" || name == "w3") return {f, d};
+  if (name == "w2") return {d, f};
+  throw RuntimeError("unknown LoRA target '" + name + "'");
+}
+
+// Every LoraLinear of the model with its module path ("layers.0.attention.wq"), in module order.
+std::vector<std::pair<std::string, std::shared_ptr<LoraLinearImpl>>> lora_modules(
+    TransformerImpl& model) {
+  std::vector<std::pair<std::string, std::shared_ptr<LoraLinearImpl>>> found;
+  for (const auto& item : model.named_modules(/*name_prefix=*/"", /*include_self=*/false)) {
+    if (auto lora = std::dynamic_pointer_cast<LoraLinearImpl>(item.value())) {
+      found.emplace_back(item.key(), lora);
+    }
+  }
+  return found;
+}
+
+// A plain LinearImpl around an existing weight (LinearImpl's own constructor allocates one).
+class SharedWeightLinearImpl : public LinearImpl {
+ public:
+  explicit SharedWeightLinearImpl(const torch::Tensor& w) : LinearImpl(0, 0, w.options()) {
+    weight = w;
+    parameters_["weight"] = w;  // replaces the registered (0, 0) placeholder
+  }
+};
+
+// "layers.3.attention.wq" -> "model.layers.3.self_attn.q_proj", through checkpoint's name table.
+std::string hf_module_path(const std::string& meta_path) {
+  const auto hf = meta_to_hf_name(meta_path + ".weight");
+  const std::string suffix = ".weight";
+  if (!hf || hf->size() <= suffix.size()) {
+    throw RuntimeError("no Hugging Face name for module '" + meta_path + "'");
+  }
+  return hf->substr(0, hf->size() - suffix.size());
+}
+
+// The last component of a dotted path: "model.layers.3.self_attn.q_proj" -> "q_proj".
+std::string last_component(const std::string& path) {
+  return path.substr(path.rfind('.') + 1);
+}
+
+void write_json(const fs::path& path, const json& j) {
+  write_file_atomic(path, j.dump(2) + "\n", /*overwrite=*/true);
+}
+
+// Field `key` of the adapter config, with a message naming the file on absence or wrong type.
+template <typename T>
+T config_field(const json& config, const std::string& key, const fs::path& file) {
+  if (!config.contains(key)) throw InputError(file.string() + ": missing field '" + key + "'");
+  try {
+    return config.at(key).get<T>();
+  } catch (const json::exception&) {
+    throw InputError(file.string() + ": field '" + key +
+                     "' has the wrong type: " + config.at(key).dump());
+  }
+}
+
+// The options of the LoRA already on `model` (rank, alpha, dropout of the first module; targets
+// of block 0).
+LoraOptions options_on_model(TransformerImpl& model) {
+  LoraOptions options;
+  options.targets.clear();
+  const auto modules = lora_modules(model);
+  for (const auto& [path, lora] : modules) {
+    if (path.rfind("layers.0.", 0) == 0) options.targets.push_back(last_component(path));
+  }
+  options.rank = modules.front().second->rank;
+  options.alpha = modules.front().second->alpha;
+  options.dropout = modules.front().second->dropout;
+  return options;
+}
+
+std::string join(const std::vector<std::string>& items) {
+  std::string out;
+  for (const auto& item : items) out += (out.empty() ? "" : ",") + item;
+  return out;
+}
+
+}  // namespace
+
+const std::vector<std::string>& lora_target_names() {
+  static const std::vector<std::string> names = {"wq", "wk", "wv", "wo", "w1", "w2", "w3"};
+  return names;
+}
+
+void validate_lora_options(const LoraOptions& options, const std::string& source) {
+  if (options.rank < 1) {
+    throw InputError(source + ": lora-rank must be >= 1 for an adapter, got " +
+                     std::to_string(options.rank));
+  }
+  if (!(options.alpha > 0)) {
+    throw InputError(source + ": lora-alpha must be > 0, got " + std::to_string(options.alpha));
+  }
+  if (!(options.dropout >= 0 && options.dropout < 1)) {
+    throw InputError(source + ": lora-dropout must be in [0, 1), got " +
+                     std::to_string(options.dropout));
+  }
+  if (options.targets.empty()) throw InputError(source + ": lora-targets is empty");
+  std::set<std::string> seen;
+  const auto& known = lora_target_names();
+  for (const auto& t : options.targets) {
+    if (std::find(known.begin(), known.end(), t) == known.end()) {
+      throw InputError(source + ": lora-targets has unknown module '" + t +
+                       "' (known: " + join(known) + ")");
+    }
+    if (!seen.insert(t).second) {
+      throw InputError(source + ": lora-targets names '" + t + "' twice");
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// LoraLinear
+
+LoraLinearImpl::LoraLinearImpl(const LinearImpl& base, int64_t rank_, double alpha_,
+                               double dropout_)
+    : LinearImpl(0, 0, base.weight.options()),
+      rank(rank_),
+      alpha(alpha_),
+      dropout(dropout_),
+      scale(alpha_ / static_cast<double>(rank_)) {
+  // Share the base weight: LinearImpl's constructor registered a (0, 0) placeholder.
+  weight = base.weight;
+  parameters_["weight"] = weight;
+  weight.set_requires_grad(false);
+
+  const int64_t out = weight.size(0), in = weight.size(1);
+  const auto dtype = weight.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
+  const auto options = torch::TensorOptions().dtype(dtype).device(weight.device());
+  lora_a = register_parameter("lora_a", torch::empty({rank, in}, options));
+  lora_b = register_parameter("lora_b", torch::zeros({out, rank}, options));
+  torch::NoGradGuard no_grad;
+  // gain sqrt(2 / (1 + 5)) times sqrt(3 / fan_in): bound 1 / sqrt(in), as nn.Linear's default.
+  torch::nn::init::kaiming_uniform_(lora_a, /*a=*/std::sqrt(5.0));
+}
+
+torch::Tensor LoraLinearImpl::forward(const torch::Tensor& x) {
+  const auto out = LinearImpl::forward(x);  // (..., out)
+  auto h = x.scalar_type() == lora_a.scalar_type() ? x : x.to(lora_a.scalar_type());
+  if (dropout > 0) h = at::dropout(h, dropout, is_training());
+  // (..., in) -> (..., r) -> (..., out)
+  auto update = at::linear(at::linear(h, lora_a), lora_b) * scale;
+  if (update.scalar_type() != out.scalar_type()) update = update.to(out.scalar_type());
+  return out + update;
+}
+
+torch::Tensor LoraLinearImpl::delta_weight() const {
+  return at::matmul(lora_b.to(torch::kFloat), lora_a.to(torch::kFloat)) * scale;  // (out, in)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Applying, counting, merging
+
+void apply_lora(TransformerImpl& model, const LoraOptions& options) {
+  validate_lora_options(options, "LoRA options");
+  if (has_lora(model)) throw RuntimeError("apply_lora: the model already has LoRA adapters");
+  for (auto& p : model.parameters()) p.set_requires_grad(false);
+  for (size_t i = 0; i < model.layers->size(); ++i) {
+    for (const auto& name : options.targets) {
+      const Slot slot = target_slot(model.block(i), name);
+      auto lora = std::make_shared<LoraLinearImpl>(**slot.member, options.rank, options.alpha,
+                                                   options.dropout);
+      *slot.member = slot.owner->replace_module(name, lora);
+    }
+  }
+}
+
+bool has_lora(TransformerImpl& model) {
+  return !lora_modules(model).empty();
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> lora_parameters(TransformerImpl& model) {
+  std::vector<std::pair<std::string, torch::Tensor>> params;
+  for (const auto& [path, lora] : lora_modules(model)) {
+    params.emplace_back(path + ".lora_a", lora->lora_a);
+    params.emplace_back(path + ".lora_b", lora->lora_b);
+  }
+  return params;
+}
+
+int64_t count_lora_parameters(const ModelArgs& args, const LoraOptions& options) {
+  validate_lora_options(options, "LoRA options");
+  int64_t per_layer = 0;
+  for (const auto& name : options.targets) {
+    const auto [out, in] = target_shape(args, name);
+    per_layer += options.rank * (in + out);  // A (r, in) + B (out, r)
+  }
+  return args.n_layers * per_layer;
+}
+
+void merge_lora(TransformerImpl& model) {
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < model.layers->size(); ++i) {
+    for (const auto& name : lora_target_names()) {
+      const Slot slot = target_slot(model.block(i), name);
+      const auto lora = std::dynamic_pointer_cast<LoraLinearImpl>(*slot.member);
+      if (!lora) continue;
+      torch::Tensor w = lora->weight;
+      w.copy_(w.to(torch::kFloat) + lora->delta_weight().to(w.device()));
+      *slot.member = slot.owner->replace_module(name, std::make_shared<SharedWeightLinearImpl>(w));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Adapter files
+
+void save_adapter(const fs::path& dir, TransformerImpl& model, const LoraOptions& options) {
+  const auto params = lora_parameters(model);
+  if (params.empty()) throw RuntimeError("save_adapter: the model has no LoRA adapters");
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw RuntimeError(dir.string() + ": cannot create the adapter directory");
+  NamedTensors tensors;
+  for (const auto& [name, p] : params) tensors.emplace_back(name, p.detach().to(torch::kFloat));
+  write_safetensors(dir / kAdapterWeights, tensors,
+                    {{"format", kAdapterFormat}, {"format_version", "1"}});
+  write_json(dir / kAdapterConfig, {{"format", kAdapterFormat},
+                                    {"format_version", kAdapterFormatVersion},
+                                    {"rank", options.rank},
+                                    {"alpha", options.alpha},
+                                    {"dropout", options.dropout},
+                                    {"targets", options.targets},
+                                    {"n_layers", model.args().n_layers},
+                                    {"dim", model.args().dim}});
+}
+
+LoraOptions load_adapter(const fs::path& dir, TransformerImpl& model) {
+  const fs::path config_path = dir / kAdapterConfig;
+  json config;
+  try {
+    config = json::parse(read_file(config_path));
+  } catch (const json::exception& e) {
+    throw InputError(config_path.string() + ": not valid JSON (" + e.what() + ")");
+  }
+  if (!config.is_object()) throw InputError(config_path.string() + ": expected a JSON object");
+  const auto format = config_field<std::string>(config, "format", config_path);
+  const auto version = config_field<int>(config, "format_version", config_path);
+  if (format != kAdapterFormat || version != kAdapterFormatVersion) {
+    throw InputError(config_path.string() + ": format '" + format + "' version " +
+                     std::to_string(version) + ", expected '" + kAdapterFormat + "' version " +
+                     std::to_string(kAdapterFormatVersion) +
+                     " (a PEFT adapter_config.json is not read by llt)");
+  }
+  LoraOptions options;
+  options.rank = config_field<int64_t>(config, "rank", config_path);
+  options.alpha = config_field<double>(config, "alpha", config_path);
+  options.dropout = config_field<double>(config, "dropout", config_path);
+  options.targets = config_field<std::vector<std::string>>(config, "targets", config_path);
+  validate_lora_options(options, config_path.string());
+  for (const auto& [key, actual] :
+       {std::pair<std::string, int64_t>{"n_layers", model.args().n_layers},
+        {"dim", model.args().dim}}) {
+    const auto expected = config_field<int64_t>(config, key, config_path);
+    if (expected != actual) {
+      throw InputError(config_path.string() + ": field '" + key + "' is " +
+                       std::to_string(expected) + " but the model has " + std::to_string(actual));
+    }
+  }
+
+  if (!has_lora(model)) {
+    apply_lora(model, options);
+  } else {
+    const LoraOptions on = options_on_model(model);
+    if (on.rank != options.rank || on.alpha != options.alpha || on.targets != options.targets) {
+      throw InputError(config_path.string() + ": adapter has rank " + std::to_string(options.rank) +
+                       ", targets " + join(options.targets) + "; the model's LoRA has rank " +
+                       std::to_string(on.rank) + ", targets " + join(on.targets));
+    }
+  }
+
+  SafetensorsFile file(dir / kAdapterWeights);
+  const auto params = lora_parameters(model);
+  std::set<std::string> expected;
+  torch::NoGradGuard no_grad;
+  for (const auto& [name, p] : params) {
+    expected.insert(name);
+    const TensorInfo* info = file.find(name);
+    if (info == nullptr) {
+      throw InputError(file.path().string() + ": missing tensor '" + name + "'");
+    }
+    if (info->shape != p.sizes().vec()) {
+      throw InputError(file.path().string() + ": tensor '" + name + "' has shape " +
+                       shape_string(info->shape) + ", the model expects " +
+                       shape_string(p.sizes()));
+    }
+    p.copy_(file.read(name));
+  }
+  for (const auto& info : file.tensors()) {
+    if (!expected.count(info.name)) {
+      throw InputError(file.path().string() + ": unexpected tensor '" + info.name +
+                       "' (not a LoRA parameter of this model)");
+    }
+  }
+  return options;
+}
+
+void export_peft_adapter(const fs::path& dir, TransformerImpl& model, const LoraOptions& options,
+                         const std::string& base_model_name_or_path) {
+  const auto modules = lora_modules(model);
+  if (modules.empty()) throw RuntimeError("export_peft_adapter: the model has no LoRA adapters");
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw RuntimeError(dir.string() + ": cannot create the adapter directory");
+
+  NamedTensors tensors;
+  for (const auto& [path, lora] : modules) {
+    const std::string hf = "base_model.model." + hf_module_path(path);
+    const std::string leaf = last_component(path);
+    torch::Tensor b = lora->lora_b.detach().to(torch::kFloat);  // (out, r)
+    // HF's q/k rows are in rotate-half order per head; B's rows are W's rows.
+    if (leaf == "wq") b = permute_hf_rows(b, model.args().n_heads);
+    if (leaf == "wk") b = permute_hf_rows(b, model.args().kv_heads());
+    tensors.emplace_back(hf + ".lora_A.weight", lora->lora_a.detach().to(torch::kFloat));
+    tensors.emplace_back(hf + ".lora_B.weight", b.contiguous());
+  }
+  write_safetensors(dir / kPeftWeights, tensors, {{"format", "pt"}});
+
+  std::vector<std::string> target_modules;  // "q_proj", "v_proj", ...
+  for (const auto& t : options.targets) {
+    target_modules.push_back(last_component(hf_module_path("layers.0." + block_module_path(t))));
+  }
+  write_json(dir / kAdapterConfig, {{"peft_type", "LORA"},
+                                    {"task_type", "CAUSAL_LM"},
+                                    {"r", options.rank},
+                                    {"lora_alpha", options.alpha},
+                                    {"lora_dropout", options.dropout},
+                                    {"target_modules", target_modules},
+                                    {"base_model_name_or_path", base_model_name_or_path},
+                                    {"bias", "none"},
+                                    {"fan_in_fan_out", false},
+                                    {"inference_mode", true},
+                                    {"init_lora_weights", true},
+                                    {"modules_to_save", nullptr}});
+}
+
+}  // namespace llt

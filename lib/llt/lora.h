@@ -1,0 +1,92 @@
+// LoRA (Hu et al. 2021) as torchtune and Hugging Face PEFT do it: a frozen base linear map plus a
+// trainable low-rank update, y = x W^T + (alpha / r) * dropout(x) A^T B^T, with B initialised to
+// zero so a fresh adapter leaves the model's output unchanged (bitwise: the update adds zeros).
+//
+// Names: the base weight keeps its Meta name ("layers.3.attention.wq.weight"); the adapter adds
+// "layers.3.attention.wq.lora_a" (r, in) and "...wq.lora_b" (out, r). Adapter files:
+//   save_adapter         DIR/adapter.safetensors (llt names) + DIR/adapter_config.json
+//   export_peft_adapter  DIR/adapter_model.safetensors + DIR/adapter_config.json in the Hugging
+//                        Face PEFT layout ("base_model.model.model.layers.3.self_attn.q_proj
+//                        .lora_A.weight"), for the HF checkpoint of the same base model.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <torch/nn/module.h>
+
+#include "llt/model.h"
+#include "llt/options.h"
+
+namespace llt {
+
+// The modules LoRA can adapt, by their Meta names: attention wq wk wv wo, feed-forward w1 w2 w3.
+const std::vector<std::string>& lora_target_names();
+
+// Throws InputError naming `source` and the field when rank < 1, alpha <= 0, dropout is outside
+// [0, 1), or a target is unknown or repeated.
+void validate_lora_options(const LoraOptions& options, const std::string& source);
+
+// A LinearImpl with a LoRA update. The base weight W (out, in) is shared with the module it
+// replaces (no copy) and frozen. The adapter lives on W's device in fp32 (the trainable master
+// weights, also when W is stored in bf16/fp16) or fp64 when W is fp64.
+class LoraLinearImpl : public LinearImpl {
+ public:
+  // A is Kaiming-uniform with a = sqrt(5), i.e. U(-1/sqrt(in), 1/sqrt(in)), from the default
+  // CPU/CUDA generator (as PEFT and torchtune); B is zero.
+  LoraLinearImpl(const LinearImpl& base, int64_t rank, double alpha, double dropout);
+
+  // x (..., in) -> (..., out). Dropout on the adapter input is active in train() mode only.
+  torch::Tensor forward(const torch::Tensor& x) override;
+
+  // (scale * B A) in fp32, (out, in): what merging adds to W.
+  torch::Tensor delta_weight() const;
+
+  torch::Tensor lora_a;  // (r, in)
+  torch::Tensor lora_b;  // (out, r)
+  int64_t rank;
+  double alpha;
+  double dropout;
+  double scale;  // alpha / r
+};
+
+// Replaces the `options.targets` linear maps of every block with LoraLinear (replace_module, so
+// the modules and the typed members wq ... w3 agree) and freezes every other parameter
+// (requires_grad false). Throws InputError on bad options, RuntimeError if LoRA is already on.
+void apply_lora(TransformerImpl& model, const LoraOptions& options);
+
+// True when any module of the model is a LoraLinear.
+bool has_lora(TransformerImpl& model);
+
+// The adapter parameters, in module order: ("layers.0.attention.wq.lora_a", A), (".lora_b", B)...
+std::vector<std::pair<std::string, torch::Tensor>> lora_parameters(TransformerImpl& model);
+
+// Number of adapter parameters apply_lora(options) adds to a model with `args`, computed from
+// the shapes alone (8,388,608 for the 7B model with r = 16 on wq, wv). Throws as validate.
+int64_t count_lora_parameters(const ModelArgs& args, const LoraOptions& options);
+
+// Folds every adapter into its base weight (W += scale * B A, computed in fp32, stored in W's
+// dtype) and puts plain LinearImpl modules back, sharing the updated W. No-op without LoRA.
+void merge_lora(TransformerImpl& model);
+
+// Writes DIR/adapter.safetensors (fp32 lora_a/lora_b under llt names) and
+// DIR/adapter_config.json (format, rank, alpha, dropout, targets, n_layers, dim), creating DIR
+// and replacing earlier files of the same run. Throws RuntimeError on I/O errors or without LoRA.
+void save_adapter(const std::filesystem::path& dir, TransformerImpl& model,
+                  const LoraOptions& options);
+
+// Reads an adapter written by save_adapter into `model`: applies LoRA with the file's options
+// if the model has none (else they must match), then copies every tensor. Returns the options.
+// Throws InputError naming the file and the field or key on a mismatch, missing or extra tensor.
+LoraOptions load_adapter(const std::filesystem::path& dir, TransformerImpl& model);
+
+// Writes the adapter in Hugging Face PEFT's layout (see the top of this file) for the HF
+// checkpoint of the base model: lora_B rows of wq (wk) get HF's rotate-half row permutation with
+// n_heads (n_kv_heads), as the HF q/k weights have it. Throws as save_adapter.
+void export_peft_adapter(const std::filesystem::path& dir, TransformerImpl& model,
+                         const LoraOptions& options, const std::string& base_model_name_or_path);
+
+}  // namespace llt

@@ -1,0 +1,332 @@
+#include "llt/memory.h"
+
+#include <algorithm>
+#include <atomic>
+#include <fstream>
+#include <limits>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include <c10/core/CPUAllocator.h>
+#include <c10/util/Exception.h>
+#include <torch/cuda.h>
+
+#ifdef LLT_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
+
+#include "llt/compat.h"
+#include "llt/errors.h"
+#include "llt/lora.h"
+#include "llt/recompute.h"
+
+namespace llt {
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Counting CPU allocator
+
+std::atomic<int64_t> g_current{0};
+std::atomic<int64_t> g_peak{0};
+std::atomic<int64_t> g_allocations{0};
+std::atomic<int64_t> g_cap{0};  // 0 = none
+
+// Live counted allocations by data pointer. The DataPtrs handed out have context == data (the
+// "raw" form, which mkldnn's bf16 kernels require), so the wrapped allocator's own DataPtr and
+// the size are kept here until the deleter is called with the data pointer.
+struct CountedAllocation {
+  c10::DataPtr inner;
+  int64_t bytes;
+};
+std::mutex g_live_mutex;
+std::unordered_map<void*, CountedAllocation>* g_live = nullptr;  // never destroyed (exit order)
+
+void free_counted(void* data) {
+  CountedAllocation allocation;
+  {
+    std::lock_guard<std::mutex> lock(g_live_mutex);
+    auto it = g_live->find(data);
+    if (it == g_live->end()) return;  // not ours: cannot happen for pointers we handed out
+    allocation = std::move(it->second);
+    g_live->erase(it);
+  }
+  g_current.fetch_sub(allocation.bytes);
+}  // allocation.inner frees the memory through the wrapped allocator's deleter
+
+void raise_peak(int64_t now) {
+  int64_t peak = g_peak.load();
+  while (now > peak && !g_peak.compare_exchange_weak(peak, now)) {
+  }
+}
+
+class CountingAllocator final : public compat::AllocatorBase {
+ public:
+  explicit CountingAllocator(c10::Allocator* inner) : inner_(inner) {}
+
+  c10::DataPtr allocate_bytes(size_t n) const override {
+    const auto bytes = static_cast<int64_t>(n);
+    const int64_t now = g_current.fetch_add(bytes) + bytes;
+    const int64_t cap = g_cap.load();
+    if (n > 0 && cap > 0 && now > cap) {
+      g_current.fetch_sub(bytes);
+      throw OutOfMemoryError("host memory cap: allocating " + std::to_string(bytes) +
+                             " bytes with " + std::to_string(now - bytes) +
+                             " in use would exceed the cap of " + std::to_string(cap) + " bytes");
+    }
+    c10::DataPtr inner;
+    try {
+      inner = inner_->allocate(n);
+    } catch (const c10::Error& e) {
+      g_current.fetch_sub(bytes);
+      throw OutOfMemoryError("host allocation of " + std::to_string(bytes) +
+                             " bytes failed: " + e.what_without_backtrace());
+    }
+    void* data = inner.get();
+    if (data == nullptr) {  // zero bytes: nothing to count
+      g_current.fetch_sub(bytes);
+      return inner;
+    }
+    raise_peak(now);
+    g_allocations.fetch_add(1);
+    {
+      std::lock_guard<std::mutex> lock(g_live_mutex);
+      g_live->emplace(data, CountedAllocation{std::move(inner), bytes});
+    }
+    return {data, data, &free_counted, c10::Device(c10::kCPU)};
+  }
+
+  c10::DeleterFnPtr raw_deleter() const override { return &free_counted; }
+
+ private:
+  c10::Allocator* inner_;
+};
+
+CountingAllocator* g_counter = nullptr;  // never deleted: counted tensors may outlive everything
+std::mutex g_install_mutex;
+
+// ---------------------------------------------------------------------------------------------
+// Activation estimate
+
+struct Sizes {
+  double n;         // tokens per micro-batch, B * T
+  double d, kvd;    // D, KV * hd
+  double f;         // FFN size F
+  double heads_t2;  // B * H * T * T: attention probabilities
+  double c;         // bytes of the compute dtype
+  bool autocast;    // compute dtype below fp32: linear inputs are cast copies
+  bool full;        // full fine-tuning: base weights need their inputs saved
+};
+
+// Bytes a LoRA adapter on a linear map with `in` inputs saves: the dropout mask (fp32) and the
+// dropped input (in the compute dtype) or, without dropout, the input; A's output for B.
+double lora_adapter_bytes(const Sizes& s, double in, const LoraOptions& lora) {
+  const double input = lora.dropout > 0 ? s.n * in * (4 + s.c) : s.n * in * s.c;
+  return input + s.n * static_cast<double>(lora.rank) * s.c;
+}
+
+double lora_targets_bytes(const Sizes& s, const LoraOptions& lora, bool attention) {
+  if (s.full) return 0;
+  double bytes = 0;
+  for (const auto& t : lora.targets) {
+    const bool in_attention = t == "wq" || t == "wk" || t == "wv" || t == "wo";
+    if (in_attention != attention) continue;
+    const double in = t == "w2" ? s.f : s.d;  // wo's input is H * hd = D
+    bytes += lora_adapter_bytes(s, in, lora);
+  }
+  return bytes;
+}
+
+// RMSNorm in fp32: its input (and rsqrt) always; its output too when its weight trains.
+double norm_bytes(const Sizes& s) {
+  return s.n * s.d * 4 * (s.full ? 2 : 1) + s.n * 4;
+}
+
+// attention_norm .. wo (the part `ffn` checkpointing keeps).
+double attention_bytes(const Sizes& s, const LoraOptions& lora) {
+  double bytes = norm_bytes(s);
+  bytes += (s.n * s.d + s.n * s.kvd) * s.c;            // q and k for the scores matmul
+  bytes += s.heads_t2 * (4 + (s.autocast ? s.c : 0));  // fp32 softmax output (+ its cast)
+  bytes += s.n * s.kvd * s.c;                          // v for probs @ v
+  if (s.full) bytes += s.n * s.d * s.c * ((s.autocast ? 3 : 0) + 1);  // wq/wk/wv casts, wo in
+  return bytes + lora_targets_bytes(s, lora, /*attention=*/true);
+}
+
+// ffn_norm .. w2.
+double ffn_bytes(const Sizes& s, const LoraOptions& lora) {
+  double bytes = norm_bytes(s);
+  bytes += 3 * s.n * s.f * s.c;  // silu input and output, w3 output
+  if (s.full) bytes += s.n * s.f * s.c + (s.autocast ? 2 * s.n * s.d * s.c : 0);  // w2 in, casts
+  return bytes + lora_targets_bytes(s, lora, /*attention=*/false);
+}
+
+int64_t dtype_bytes(c10::ScalarType t) {
+  return static_cast<int64_t>(c10::elementSize(t));
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Probes
+
+void install_host_memory_counter() {
+  std::lock_guard<std::mutex> lock(g_install_mutex);
+  if (g_counter != nullptr) return;
+  g_live = new std::unordered_map<void*, CountedAllocation>();
+  g_counter = new CountingAllocator(c10::GetCPUAllocator());
+  c10::SetCPUAllocator(g_counter, /*priority=*/0);
+  if (c10::GetCPUAllocator() != g_counter) {
+    throw RuntimeError(
+        "cannot install the counting CPU allocator: another allocator with a "
+        "higher priority is registered");
+  }
+}
+
+bool host_memory_counter_installed() {
+  std::lock_guard<std::mutex> lock(g_install_mutex);
+  return g_counter != nullptr;
+}
+
+HostMemoryStats host_memory_stats() {
+  return {g_current.load(), g_peak.load(), g_allocations.load()};
+}
+
+void reset_host_peak() {
+  g_peak.store(g_current.load());
+}
+
+void set_host_memory_cap(int64_t bytes) {
+  g_cap.store(std::max<int64_t>(bytes, 0));
+}
+
+bool cuda_memory_stats_compiled() {
+#ifdef LLT_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+DeviceMemoryStats cuda_memory_stats(int index) {
+  DeviceMemoryStats out;
+#ifdef LLT_WITH_CUDA
+  if (!torch::cuda::is_available()) return out;
+  // [0] is StatType::AGGREGATE in every version's StatArray.
+  const auto stats =
+      c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(index));
+  out.allocated = stats.allocated_bytes[0].current;
+  out.reserved = stats.reserved_bytes[0].current;
+  out.peak_allocated = stats.allocated_bytes[0].peak;
+  out.peak_reserved = stats.reserved_bytes[0].peak;
+#else
+  (void)index;
+#endif
+  return out;
+}
+
+void reset_cuda_peak(int index) {
+#ifdef LLT_WITH_CUDA
+  if (torch::cuda::is_available()) {
+    c10::cuda::CUDACachingAllocator::resetPeakStats(static_cast<c10::DeviceIndex>(index));
+  }
+#else
+  (void)index;
+#endif
+}
+
+ProcessMemory process_memory() {
+  ProcessMemory out;
+  std::ifstream in("/proc/self/status");
+  std::string key;
+  while (in >> key) {
+    int64_t kb = 0;
+    if (key == "VmRSS:" && in >> kb) out.rss = kb * 1024;
+    if (key == "VmHWM:" && in >> kb) out.peak_rss = kb * 1024;
+    in.ignore(std::numeric_limits<std::streamsize>::max(), '\n');
+  }
+  return out;
+}
+
+MemorySample sample_memory(const c10::Device& device) {
+  MemorySample s;
+  if (device.is_cuda()) {
+    const auto d = cuda_memory_stats(device.has_index() ? device.index() : 0);
+    s.allocated = d.allocated;
+    s.reserved = d.reserved;
+    s.peak_allocated = d.peak_allocated;
+    s.peak_reserved = d.peak_reserved;
+  } else {
+    const auto h = host_memory_stats();
+    s.allocated = s.reserved = h.current;
+    s.peak_allocated = s.peak_reserved = h.peak;
+  }
+  const auto p = process_memory();
+  s.rss = p.rss;
+  s.peak_rss = p.peak_rss;
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Estimate
+
+MemoryBreakdown estimate_training_memory(const ModelArgs& args, const MemoryEstimateOptions& o) {
+  if (o.precision != "fp32" && o.precision != "bf16" && o.precision != "fp16") {
+    throw InputError("--precision: expected fp32, bf16 or fp16, got '" + o.precision + "'");
+  }
+  if (o.batch < 1 || o.seq_len < 1) {
+    throw InputError("memory estimate: batch " + std::to_string(o.batch) + " and seq_len " +
+                     std::to_string(o.seq_len) + " must be >= 1");
+  }
+  validate_recompute_options(o.recompute);
+  const bool full = o.lora.rank == 0;
+  const int64_t total_params = args.num_parameters();
+  const int64_t trainable = full ? total_params : count_lora_parameters(args, o.lora);
+
+  MemoryBreakdown m;
+  m.parameters = full ? total_params * 4 : total_params * dtype_bytes(o.base_dtype) + trainable * 4;
+  m.gradients = trainable * 4;
+  m.optimizer_state = trainable * 8;
+
+  const double b = static_cast<double>(o.batch), t = static_cast<double>(o.seq_len);
+  Sizes s;
+  s.n = b * t;
+  s.d = static_cast<double>(args.dim);
+  s.kvd = static_cast<double>(args.kv_heads() * args.head_dim());
+  s.f = static_cast<double>(args.ffn_hidden());
+  s.heads_t2 = b * static_cast<double>(args.n_heads) * t * t;
+  s.autocast = o.precision != "fp32";
+  s.c = s.autocast ? 2 : 4;
+  s.full = full;
+
+  const double attention = attention_bytes(s, o.lora), ffn = ffn_bytes(s, o.lora);
+  const double block_input = s.n * s.d * 4;  // what a checkpoint keeps: the fp32 residual
+  const auto policy = parse_recompute_policy(o.recompute.grad_checkpoint);
+  double blocks = 0;
+  for (int64_t i = 0; i < args.n_layers; ++i) {
+    const bool whole =
+        policy == RecomputePolicy::kBlock ||
+        (policy == RecomputePolicy::kEveryK && i % o.recompute.grad_checkpoint_every == 0);
+    if (whole) {
+      blocks += block_input;
+    } else if (policy == RecomputePolicy::kFfn) {
+      blocks += attention + block_input;
+    } else {
+      blocks += attention + ffn;
+    }
+  }
+  // Head: final norm (its input), output projection input when it trains, logits, log-probs.
+  const double vocab = static_cast<double>(args.vocab_size);
+  const double head =
+      norm_bytes(s) + (full && s.autocast ? s.n * s.d * s.c : 0) + s.n * vocab * (s.c + 4);
+  // Full fine-tuning under autocast: each linear keeps the low-precision copy of its weight.
+  const double weight_copies = full && s.autocast ? static_cast<double>(total_params) * s.c : 0;
+  m.activations = static_cast<int64_t>(blocks + head + weight_copies);
+  if (policy == RecomputePolicy::kBlock || policy == RecomputePolicy::kEveryK) {
+    m.recompute = static_cast<int64_t>(attention + ffn);
+  } else if (policy == RecomputePolicy::kFfn) {
+    m.recompute = static_cast<int64_t>(ffn);
+  }
+  return m;
+}
+
+}  // namespace llt

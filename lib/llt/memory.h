@@ -1,0 +1,98 @@
+// Memory probes (DESIGN.md "Memory logs"): host bytes counted by a wrapper around LibTorch's CPU
+// allocator (1.13 keeps no CPU statistics), the CUDA caching allocator's statistics, the
+// process's RSS, an optional cap that turns host allocations past N bytes into
+// llt::OutOfMemoryError (to test the OOM path on CPU, where a cgroup limit kills the process
+// instead), and an analytic estimate of training memory to compare them with.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+
+#include "llt/model.h"
+#include "llt/options.h"
+
+namespace llt {
+
+// Bytes of tensors allocated through LibTorch's CPU allocator since the counter was installed.
+struct HostMemoryStats {
+  int64_t current = 0;      // bytes held now
+  int64_t peak = 0;         // most held at once since install or reset_host_peak()
+  int64_t allocations = 0;  // allocate() calls counted
+};
+
+// Wraps the CPU allocator with the counter (process-wide; later calls do nothing). Tensors that
+// already exist are not counted, nor freed from the count. Throws RuntimeError if another
+// allocator with a higher priority keeps LibTorch from using it.
+void install_host_memory_counter();
+bool host_memory_counter_installed();
+HostMemoryStats host_memory_stats();  // zeros before install
+void reset_host_peak();               // peak = current
+
+// With the counter installed, an allocation that would take the counted bytes past `bytes`
+// throws OutOfMemoryError instead (0 = no cap). A real allocation failure of the wrapped
+// allocator is reported as OutOfMemoryError too.
+void set_host_memory_cap(int64_t bytes);
+
+// The CUDA caching allocator's counters for one device.
+struct DeviceMemoryStats {
+  int64_t allocated = 0;       // bytes in tensors now
+  int64_t reserved = 0;        // bytes the allocator holds from the driver now
+  int64_t peak_allocated = 0;  // since start or reset_device_peak()
+  int64_t peak_reserved = 0;
+};
+
+// True when llt was built against a LibTorch with CUDA (the statistics below are compiled in).
+bool cuda_memory_stats_compiled();
+// Stats of CUDA device `index`; zeros when not compiled in or CUDA is unavailable.
+DeviceMemoryStats cuda_memory_stats(int index);
+void reset_cuda_peak(int index);
+
+// Resident set size from /proc/self/status (VmRSS, VmHWM); zeros where unreadable.
+struct ProcessMemory {
+  int64_t rss = 0;
+  int64_t peak_rss = 0;
+};
+ProcessMemory process_memory();
+
+// One memory.jsonl sample for `device`: CUDA from the caching allocator; CPU from the counter
+// (reserved = allocated: there is no cache), plus the process's RSS either way.
+struct MemorySample {
+  int64_t allocated = 0, reserved = 0, peak_allocated = 0, peak_reserved = 0;
+  int64_t rss = 0, peak_rss = 0;
+};
+MemorySample sample_memory(const c10::Device& device);
+
+// What a training step holds, by kind, in bytes.
+struct MemoryBreakdown {
+  int64_t parameters = 0;       // frozen base weights in base_dtype + trainable ones in fp32
+  int64_t gradients = 0;        // fp32, trainable only
+  int64_t optimizer_state = 0;  // AdamW exp_avg + exp_avg_sq, fp32, trainable only
+  int64_t activations = 0;      // held at the end of the forward: saved for backward, logits
+                                // and their fp32 log-probabilities
+  int64_t recompute = 0;        // checkpointing: one recomputed block's activations in backward
+  int64_t total() const {
+    return parameters + gradients + optimizer_state + activations + recompute;
+  }
+};
+
+struct MemoryEstimateOptions {
+  LoraOptions lora;                          // lora.rank 0 = full fine-tuning
+  std::string precision = "fp32";            // fp32 | bf16 | fp16 (autocast compute dtype)
+  c10::ScalarType base_dtype = c10::kFloat;  // storage of frozen base weights (LoRA)
+  int64_t batch = 1;                         // sequences per micro-batch
+  int64_t seq_len = 512;                     // tokens per sequence
+  RecomputeOptions recompute;                // activation checkpointing policy
+};
+
+// An analytic estimate for `args` (Meta's architecture as lib/llt/model implements it, no
+// fused kernels): exact for parameters, gradients and optimizer state; for activations, a count
+// of the tensors autograd saves per block (norms and softmax in fp32, matmul inputs in the
+// compute dtype): 0.76-1.20x the counted bytes on the configurations tests/test_memory.cpp runs.
+// Throws InputError on unknown precision/policy or non-positive batch/seq_len.
+MemoryBreakdown estimate_training_memory(const ModelArgs& args,
+                                         const MemoryEstimateOptions& options);
+
+}  // namespace llt

@@ -1,0 +1,624 @@
+#include "llt/train.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <nlohmann/json.hpp>
+#include <torch/csrc/autograd/autograd.h>
+
+#include "llt/amp.h"
+#include "llt/checkpoint.h"
+#include "llt/dataset.h"
+#include "llt/errors.h"
+#include "llt/io.h"
+#include "llt/lora.h"
+#include "llt/recompute.h"
+#include "llt/runtime.h"
+#include "llt/safetensors.h"
+#include "llt/optim.h"
+#include "llt/memory.h"
+
+namespace llt {
+namespace fs = std::filesystem;
+
+namespace {
+
+// Set by SIGUSR1/SIGTERM (SLURM's pre-emption warning): the loop checkpoints and exits 75.
+std::atomic<bool> g_stop_requested{false};
+extern "C" void on_stop_signal(int) { g_stop_requested = true; }
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Appends one JSON record per line and flushes, so a killed job keeps what it logged.
+class JsonlWriter {
+ public:
+  JsonlWriter(const fs::path& path, bool append)
+      : out_(path, append ? std::ios::app : std::ios::trunc), path_(path) {
+    if (!out_) throw RuntimeError(path.string() + ": cannot open for writing");
+  }
+  void write(const nlohmann::json& record) {
+    out_ << record.dump() << '\n';
+    out_.flush();
+  }
+
+ private:
+  std::ofstream out_;
+  fs::path path_;
+};
+
+// The parameters that train (requires_grad), with names, and those that do not.
+struct ParameterSplit {
+  std::vector<std::pair<std::string, at::Tensor>> trainable;
+  int64_t trainable_count = 0;
+  int64_t total_count = 0;
+  int64_t parameter_bytes = 0;  // every parameter's storage
+};
+
+ParameterSplit split_parameters(TransformerImpl& model) {
+  ParameterSplit s;
+  for (const auto& item : model.named_parameters(/*recurse=*/true)) {
+    const auto& p = item.value();
+    s.total_count += p.numel();
+    s.parameter_bytes += p.numel() * static_cast<int64_t>(p.element_size());
+    if (p.requires_grad()) {
+      s.trainable.emplace_back(item.key(), p);
+      s.trainable_count += p.numel();
+    }
+  }
+  return s;
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// Checkpoints: checkpoints/step-N/{trainable.safetensors, optimizer.safetensors, state.json},
+// written as step-N.tmp/ and renamed; older checkpoints are removed only after that.
+
+struct TrainState {
+  int64_t step = 0;       // optimizer steps done
+  DataPosition data;      // the sampler's position after `step`
+  LossScalerState scaler;
+  double elapsed_s = 0;   // training wall time so far
+  int64_t tokens = 0;
+  int64_t label_tokens = 0;
+  int64_t samples = 0;
+};
+
+std::string to_hex(const at::Tensor& bytes) {
+  static const char* digits = "0123456789abcdef";
+  const auto* p = bytes.contiguous().data_ptr<uint8_t>();
+  std::string hex;
+  for (int64_t i = 0; i < bytes.numel(); ++i) {
+    hex += digits[p[i] >> 4];
+    hex += digits[p[i] & 15];
+  }
+  return hex;
+}
+
+at::Tensor from_hex(const std::string& hex, const std::string& where) {
+  if (hex.size() % 2 != 0) throw InputError(where + ": rng_state is not hex");
+  auto t = at::empty({static_cast<int64_t>(hex.size() / 2)}, at::kByte);
+  auto* p = t.data_ptr<uint8_t>();
+  auto nibble = [&](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    throw InputError(where + ": rng_state is not hex");
+  };
+  for (size_t i = 0; i < hex.size(); i += 2) p[i / 2] = nibble(hex[i]) << 4 | nibble(hex[i + 1]);
+  return t;
+}
+
+fs::path latest_checkpoint(const fs::path& checkpoints) {
+  fs::path best;
+  int64_t best_step = -1;
+  if (!fs::is_directory(checkpoints)) return best;
+  for (const auto& entry : fs::directory_iterator(checkpoints)) {
+    const std::string name = entry.path().filename().string();
+    if (!entry.is_directory() || name.rfind("step-", 0) != 0 || name.find('.') != std::string::npos)
+      continue;
+    const int64_t step = std::stoll(name.substr(5));
+    if (step > best_step) best_step = step, best = entry.path();
+  }
+  return best;
+}
+
+void save_checkpoint(const fs::path& checkpoints, const TrainState& state,
+                     const ParameterSplit& params, const AdamW& optimizer) {
+  const fs::path final_dir = checkpoints / ("step-" + std::to_string(state.step));
+  const fs::path tmp = final_dir.string() + ".tmp";
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  for (const auto& [name, p] : params.trainable) tensors.emplace_back(name, p.detach().cpu());
+  write_safetensors(tmp / "trainable.safetensors", tensors, {});
+  optimizer.save(tmp / "optimizer.safetensors");
+  const nlohmann::json j = {
+      {"format", "llt-train-state-v1"},
+      {"step", state.step},
+      {"epoch", state.data.epoch},
+      {"cursor", state.data.cursor},
+      {"scale", state.scaler.scale},
+      {"good_steps", state.scaler.good_steps},
+      {"skipped_steps", state.scaler.skipped_steps},
+      {"elapsed_s", state.elapsed_s},
+      {"tokens", state.tokens},
+      {"label_tokens", state.label_tokens},
+      {"samples", state.samples},
+      {"rng_state", to_hex(at::detail::getDefaultCPUGenerator().get_state())},
+  };
+  write_file_atomic(tmp / "state.json", j.dump(1), /*overwrite=*/true);
+  fs::remove_all(final_dir);
+  fs::rename(tmp, final_dir);
+  for (const auto& entry : fs::directory_iterator(checkpoints)) {  // keep only the newest
+    if (entry.path() != final_dir) fs::remove_all(entry.path());
+  }
+}
+
+TrainState load_checkpoint(const fs::path& dir, const ParameterSplit& params, AdamW& optimizer) {
+  const fs::path state_file = dir / "state.json";
+  const auto j = nlohmann::json::parse(read_file(state_file), nullptr, false);
+  if (!j.is_object() || j.value("format", "") != "llt-train-state-v1") {
+    throw InputError(state_file.string() + ": not an llt training state (format)");
+  }
+  SafetensorsFile reader(dir / "trainable.safetensors");
+  torch::NoGradGuard no_grad;
+  for (const auto& [name, p] : params.trainable) {
+    const auto saved = reader.read(name);  // InputError naming the key if missing
+    if (saved.sizes() != p.sizes()) {
+      throw InputError((dir / "trainable.safetensors").string() + ": " + name + " has shape " +
+                       c10::str(saved.sizes()) + ", the model expects " + c10::str(p.sizes()));
+    }
+    p.copy_(saved);
+  }
+  optimizer.load(dir / "optimizer.safetensors");
+  TrainState state;
+  try {
+    state.step = j.at("step");
+    state.data = {j.at("epoch"), j.at("cursor")};
+    state.scaler = {j.at("scale"), j.at("good_steps"), j.at("skipped_steps")};
+    state.elapsed_s = j.at("elapsed_s");
+    state.tokens = j.at("tokens");
+    state.label_tokens = j.at("label_tokens");
+    state.samples = j.at("samples");
+    auto generator = at::detail::getDefaultCPUGenerator();
+    generator.set_state(from_hex(j.at("rng_state").get<std::string>(), state_file.string()));
+  } catch (const nlohmann::json::exception& e) {
+    throw InputError(state_file.string() + ": " + e.what());
+  }
+  return state;
+}
+
+// Keeps the metrics of steps <= `step` (a resumed run rewrites what came after).
+void truncate_metrics(const fs::path& path, int64_t step) {
+  if (!fs::exists(path)) return;
+  std::istringstream in(read_file(path));
+  std::string kept;
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_object() && j.value("step", int64_t{0}) <= step) kept += line + "\n";
+  }
+  write_file_atomic(path, kept, /*overwrite=*/true);
+}
+
+}  // namespace
+
+at::Tensor label_token_loss_sum(const at::Tensor& logits, const at::Tensor& labels) {
+  const int64_t vocab = logits.size(-1);
+  // logits[:, t] predicts labels[:, t + 1]
+  const auto shifted_logits = logits.slice(/*dim=*/1, 0, -1).to(at::kFloat).reshape({-1, vocab});
+  const auto shifted_labels = labels.slice(/*dim=*/1, 1).reshape({-1});
+  return at::cross_entropy_loss(shifted_logits, shifted_labels, /*weight=*/{},
+                                at::Reduction::Sum, /*ignore_index=*/kIgnoreIndex);
+}
+
+}  // namespace llt
+
+namespace llt {
+namespace {
+
+// Everything the loop needs, resolved and loaded.
+struct Run {
+  fs::path dir;
+  c10::Device device{c10::kCPU};
+  c10::ScalarType param_dtype = c10::kFloat;
+  c10::ScalarType base_dtype = c10::kFloat;
+  std::string precision;
+  std::optional<Dataset> data;
+  LoadedModel loaded;
+  ParameterSplit params;
+  int64_t pad_id = 0;
+};
+
+// Where a run starts: the checkpoint to resume from, or none. Refuses an existing run folder
+// unless --resume says otherwise (nothing a user has is overwritten silently).
+fs::path resolve_resume(const FinetuneToolOptions& o) {
+  const fs::path dir(o.output);
+  const std::string& resume = o.train.resume;
+  if (resume == "never") {
+    if (fs::exists(dir)) {
+      throw InputError(o.output + ": the run folder exists (--output); pass --resume auto to "
+                       "continue it, or choose another folder");
+    }
+    return {};
+  }
+  if (resume == "auto") return latest_checkpoint(dir / "checkpoints");
+  if (!fs::exists(fs::path(resume) / "state.json")) {
+    throw InputError(resume + ": not a checkpoint folder (--resume; expected state.json)");
+  }
+  return resume;
+}
+
+void check_precision(const Run& r, const FinetuneToolOptions& o) {
+  if (r.precision == "fp16" && r.device.is_cpu()) {
+    throw InputError("--precision fp16: not supported on CPU (LibTorch 1.13 has no CPU fp16 "
+                     "autocast); use bf16 or fp32");
+  }
+  if (r.base_dtype != c10::kFloat && r.precision == "fp32") {
+    throw InputError("--base-dtype " + o.train.base_dtype +
+                     ": half-precision base weights need --precision bf16 or fp16 (autocast)");
+  }
+  if (o.lora.rank == 0 && r.base_dtype != r.param_dtype) {
+    throw InputError("--base-dtype: full fine-tuning (--lora-rank 0) trains the base weights; "
+                     "set their dtype with --dtype");
+  }
+}
+
+Run prepare_run(const FinetuneToolOptions& o) {
+  Run r;
+  r.dir = o.output;
+  configure_threads(o.model.threads);
+  r.device = resolve_device(o.model.device);
+  r.param_dtype = resolve_dtype(o.model.dtype, r.device);
+  r.base_dtype = o.train.base_dtype.empty() ? r.param_dtype
+                                            : resolve_dtype(o.train.base_dtype, r.device);
+  r.precision = o.train.precision;
+  check_precision(r, o);
+  validate_optim_options(o.optim);
+  validate_recompute_options(o.recompute);
+  if (o.lora.rank > 0) validate_lora_options(o.lora, "--lora-*");
+
+  const ModelArgs args = read_model_args(o.model.model);
+  DatasetRequirements needs;
+  needs.model_vocab_size = args.vocab_size;
+  r.data = Dataset::open(o.data, needs);
+  r.pad_id = r.data->manifest().attributes.eos_id;  // LLaMA has no pad token; pads are masked
+
+  LoadOptions load;
+  load.device = r.device;
+  load.dtype = o.lora.rank > 0 ? r.base_dtype : r.param_dtype;
+  load.n_layers = o.model.n_layers;
+  r.loaded = load_model(o.model.model, load);
+  auto& model = *r.loaded.model;
+  at::manual_seed(o.train.seed);  // LoRA init and dropout masks
+  if (o.lora.rank > 0) {
+    apply_lora(model, o.lora);
+  } else {
+    for (auto& p : model.parameters()) p.set_requires_grad(true);
+  }
+  model.train();
+  r.params = split_parameters(model);
+  return r;
+}
+
+struct Window {
+  std::vector<Batch> batches;
+  int64_t tokens = 0;
+  int64_t label_tokens = 0;
+  int64_t samples = 0;
+};
+
+// The next optimizer step's micro-batches: up to grad_accum, never across an epoch's end.
+Window next_window(BatchSampler& sampler, const Run& r, int64_t grad_accum) {
+  Window w;
+  const int64_t left = sampler.batches_per_epoch() - sampler.position().cursor;
+  const int64_t n = std::min(grad_accum, left > 0 ? left : grad_accum);
+  for (int64_t i = 0; i < n; ++i) {
+    const auto indices = sampler.next();
+    w.batches.push_back(collate(*r.data, indices, r.pad_id));
+    w.tokens += w.batches.back().tokens;
+    w.label_tokens += w.batches.back().label_tokens;
+    w.samples += static_cast<int64_t>(indices.size());
+  }
+  return w;
+}
+
+// Forward and backward of one window; returns the summed label-token loss (fp32, unscaled).
+double accumulate_gradients(Run& r, const FinetuneToolOptions& o, const Window& w,
+                            const LossScaler& scaler) {
+  auto& model = *r.loaded.model;
+  double loss_sum = 0;
+  for (const auto& batch : w.batches) {
+    at::Tensor logits;
+    {
+      std::optional<AutocastGuard> autocast;
+      if (r.precision != "fp32") {
+        autocast.emplace(r.device.type(), r.precision == "bf16" ? at::kBFloat16 : at::kHalf);
+      }
+      logits = forward_with_checkpointing(model, batch.input_ids.to(r.device), o.recompute);
+    }
+    const auto sum = label_token_loss_sum(logits, batch.labels.to(r.device));
+    // tokens: every label token of the window weighs the same, so N micro-batches of 1 give the
+    // gradient of one batch of N. micro-batch: the seed's mean per micro-batch, averaged.
+    const double denom = o.train.loss_normalization == "tokens"
+                             ? static_cast<double>(w.label_tokens)
+                             : static_cast<double>(batch.label_tokens * w.batches.size());
+    scaler.scale(sum / denom).backward();
+    loss_sum += sum.item<double>();
+  }
+  return loss_sum;
+}
+
+}  // namespace
+}  // namespace llt
+
+namespace llt {
+namespace {
+
+// memory.jsonl samples with the run's peaks kept across the per-step resets.
+class MemoryMonitor {
+ public:
+  explicit MemoryMonitor(const c10::Device& device) : device_(device) {}
+  MemorySample sample() {
+    const MemorySample m = sample_memory(device_);
+    peak_allocated_ = std::max(peak_allocated_, m.peak_allocated);
+    peak_reserved_ = std::max(peak_reserved_, m.peak_reserved);
+    return m;
+  }
+  void reset_peak() {
+    sample();  // fold the interval's peak into the run's before it is forgotten
+    if (device_.is_cuda()) {
+      reset_cuda_peak(device_.has_index() ? device_.index() : 0);
+    } else {
+      reset_host_peak();
+    }
+  }
+  void set_cap(int64_t bytes) { set_host_memory_cap(bytes); }
+  int64_t peak_allocated() const { return peak_allocated_; }
+  int64_t peak_reserved() const { return peak_reserved_; }
+  const c10::Device& device() const { return device_; }
+
+ private:
+  c10::Device device_;
+  int64_t peak_allocated_ = 0;
+  int64_t peak_reserved_ = 0;
+};
+
+// The run's log files and the state they summarise.
+struct Logs {
+  JsonlWriter metrics;
+  JsonlWriter memory;
+  MemoryMonitor monitor;
+};
+
+nlohmann::json memory_record(MemoryMonitor& monitor, int64_t step, const std::string& phase,
+                             double t) {
+  const MemorySample m = monitor.sample();
+  return {{"step", step},
+          {"phase", phase},
+          {"t", t},
+          {"device", monitor.device().str()},
+          {"allocated", m.allocated},
+          {"reserved", m.reserved},
+          {"peak_allocated", m.peak_allocated},
+          {"peak_reserved", m.peak_reserved},
+          {"rss", m.rss},
+          {"peak_rss", m.peak_rss}};
+}
+
+std::string format_bytes(int64_t bytes) {
+  std::ostringstream s;
+  s << std::fixed << std::setprecision(1) << bytes / (1024.0 * 1024.0) << " MB";
+  return s.str();
+}
+
+std::string format_duration(double seconds) {
+  const auto s = static_cast<int64_t>(seconds);
+  std::ostringstream out;
+  out << s / 3600 << ":" << std::setw(2) << std::setfill('0') << (s / 60) % 60 << ":"
+      << std::setw(2) << std::setfill('0') << s % 60;
+  return out.str();
+}
+
+void write_summary(const Run& r, const FinetuneToolOptions& o, const TrainState& state,
+                   const std::string& status, const std::string& error, MemoryMonitor& monitor,
+                   const AdamW* optimizer, int64_t grad_bytes) {
+  const MemorySample m = monitor.sample();
+  const int64_t optimizer_bytes = optimizer != nullptr ? optimizer->state_bytes() : 0;
+  const int64_t static_bytes = r.params.parameter_bytes + grad_bytes + optimizer_bytes;
+  nlohmann::json j = {
+      {"status", status},
+      {"error", error},
+      {"steps", state.step},
+      {"samples", state.samples},
+      {"tokens", state.tokens},
+      {"label_tokens", state.label_tokens},
+      {"runtime_s", state.elapsed_s},
+      {"samples_per_s", state.elapsed_s > 0 ? state.samples / state.elapsed_s : 0.0},
+      {"tokens_per_s", state.elapsed_s > 0 ? state.tokens / state.elapsed_s : 0.0},
+      {"trainable_parameters", r.params.trainable_count},
+      {"total_parameters", r.params.total_count},
+      {"device", r.device.str()},
+      {"precision", o.train.precision},
+      {"peak_allocated", monitor.peak_allocated()},
+      {"peak_reserved", monitor.peak_reserved()},
+      {"peak_rss", m.peak_rss},
+      {"skipped_steps", state.scaler.skipped_steps},
+      // Measured breakdown (the seed's Table 1, measured): bytes held by each kind; activations
+      // are the step's peak above everything that stays allocated between steps.
+      {"memory_breakdown",
+       {{"parameters", r.params.parameter_bytes},
+        {"gradients", grad_bytes},
+        {"optimizer_state", optimizer_bytes},
+        {"activations", std::max<int64_t>(0, monitor.peak_allocated() - static_bytes)}}},
+      {"model", o.model.model},
+      {"data", o.data},
+      {"n_layers", r.loaded.args.n_layers},
+      {"command_line", o.command_line},
+      {"git_sha", LLT_GIT_SHA},
+      {"llt_version", LLT_VERSION},
+  };
+  write_file_atomic(r.dir / "summary.json", j.dump(1), /*overwrite=*/true);
+}
+
+int64_t gradient_bytes(const ParameterSplit& params) {
+  int64_t bytes = 0;
+  for (const auto& [name, p] : params.trainable) {
+    if (p.grad().defined()) bytes += p.grad().numel() * static_cast<int64_t>(p.grad().element_size());
+  }
+  return bytes;
+}
+
+}  // namespace
+
+int run_finetune(const FinetuneToolOptions& o) {
+  const fs::path resume_from = resolve_resume(o);
+  install_host_memory_counter();  // before the model loads, so its bytes are counted
+  Run r = prepare_run(o);
+  fs::create_directories(r.dir / "checkpoints");
+  write_file_atomic(r.dir / "config.toml",
+                    "# llt-finetune " LLT_VERSION ", git " LLT_GIT_SHA "\n" + o.config_text,
+                    /*overwrite=*/true);
+
+  AdamW optimizer(r.params.trainable, o.optim);
+  LossScalerOptions scaler_options;
+  scaler_options.enabled = o.train.precision == "fp16";
+  LossScaler scaler(scaler_options);
+  SamplerOptions sampling;
+  sampling.batch_size = o.train.batch_size;
+  sampling.shuffle = o.train.shuffle == "on";
+  sampling.seed = o.train.seed;
+  BatchSampler sampler(*r.data, sampling);
+  const int64_t steps_per_epoch =
+      (sampler.batches_per_epoch() + o.train.grad_accum - 1) / o.train.grad_accum;
+  const int64_t total_steps = o.train.epochs * steps_per_epoch;  // the schedule's length
+  const int64_t last_step = o.train.max_steps > 0 ? o.train.max_steps : total_steps;
+
+  TrainState state;
+  if (!resume_from.empty()) {
+    state = load_checkpoint(resume_from, r.params, optimizer);
+    sampler.set_position(state.data);
+    scaler.load_state(state.scaler);
+    std::cerr << "llt-finetune: resumed from " << resume_from.string() << " at step "
+              << state.step << "\n";
+  }
+  const int64_t first_step = state.step;
+  truncate_metrics(r.dir / "metrics.jsonl", state.step);
+  Logs logs{JsonlWriter(r.dir / "metrics.jsonl", /*append=*/true),
+            JsonlWriter(r.dir / "memory.jsonl", /*append=*/!resume_from.empty()),
+            MemoryMonitor(r.device)};
+  if (o.train.memory_cap_gb > 0) logs.monitor.set_cap(static_cast<int64_t>(o.train.memory_cap_gb * 1e9));
+  std::cerr << "llt-finetune: " << r.params.trainable_count << " trainable of "
+            << r.params.total_count << " parameters ("
+            << std::setprecision(3) << 100.0 * r.params.trainable_count / r.params.total_count
+            << "%), " << sampler.batches_per_epoch() << " micro-batches per epoch, "
+            << total_steps << " steps in the schedule, training to step " << last_step << "\n";
+
+  std::signal(SIGUSR1, on_stop_signal);
+  std::signal(SIGTERM, on_stop_signal);
+  const auto started = std::chrono::steady_clock::now();
+  const double elapsed_before = state.elapsed_s;
+  auto now_s = [&] { return elapsed_before + seconds_since(started); };
+  logs.memory.write(memory_record(logs.monitor, state.step, "after_load", now_s()));
+  std::string status = "ok";
+  std::string error;
+  int code = 0;
+  int64_t held_grad_bytes = 0;  // gradients exist during a step only; the breakdown counts them
+  try {
+    while (state.step < last_step) {
+      const auto step_started = std::chrono::steady_clock::now();
+      logs.monitor.reset_peak();
+      const Window w = next_window(sampler, r, o.train.grad_accum);
+      const double loss_sum = accumulate_gradients(r, o, w, scaler);
+      const double loss = loss_sum / static_cast<double>(w.label_tokens);
+      const auto tensors = optimizer.tensors();
+      const bool found_inf = scaler.unscale(tensors);
+      const double grad_norm = clip_grad_norm(tensors, o.optim.grad_clip);
+      if (!std::isfinite(loss) && !scaler.enabled()) {
+        status = "nan";
+        error = "loss is " + std::to_string(loss) + " at step " + std::to_string(state.step + 1);
+        code = static_cast<int>(ExitCode::kNonFinite);
+        break;
+      }
+      const double lr = scheduled_lr(o.optim, state.step + 1, total_steps);
+      if (!found_inf) optimizer.step(lr);
+      scaler.update(found_inf);
+      const int64_t grad_bytes = gradient_bytes(r.params);
+      held_grad_bytes = std::max(held_grad_bytes, grad_bytes);
+      optimizer.zero_grad();
+
+      state.step += 1;
+      state.data = sampler.position();
+      state.scaler = scaler.state();
+      state.tokens += w.tokens;
+      state.label_tokens += w.label_tokens;
+      state.samples += w.samples;
+      state.elapsed_s = now_s();
+      const double step_s = seconds_since(step_started);
+      logs.metrics.write({{"step", state.step}, {"loss", loss}, {"lr", lr},
+                          {"grad_norm", grad_norm}, {"tokens", w.tokens},
+                          {"label_tokens", w.label_tokens}, {"samples", w.samples},
+                          {"tokens_per_s", w.tokens / step_s}, {"step_s", step_s},
+                          {"elapsed_s", state.elapsed_s}, {"skipped", found_inf},
+                          {"loss_scale", scaler.current_scale()}});
+      auto mem = memory_record(logs.monitor, state.step, "step", state.elapsed_s);
+      mem["gradients"] = grad_bytes;
+      mem["optimizer_state"] = optimizer.state_bytes();
+      logs.memory.write(mem);
+      if (o.train.log_every > 0 && state.step % o.train.log_every == 0) {
+        const double eta = (last_step - state.step) * seconds_since(started) /
+                           static_cast<double>(state.step - first_step);
+        std::cout << "step " << state.step << "/" << last_step << "  loss " << std::setprecision(5)
+                  << loss << "  lr " << lr << "  grad_norm " << std::setprecision(4) << grad_norm
+                  << "  " << static_cast<int64_t>(w.tokens / step_s) << " tok/s  peak "
+                  << format_bytes(mem["peak_allocated"].get<int64_t>()) << "  eta "
+                  << format_duration(eta) << std::endl;
+      }
+      const bool stop = g_stop_requested.load();
+      if ((o.train.save_every > 0 && state.step % o.train.save_every == 0) || stop) {
+        save_checkpoint(r.dir / "checkpoints", state, r.params, optimizer);
+      }
+      if (stop) {
+        status = "preempted";
+        code = static_cast<int>(ExitCode::kPreempted);
+        break;
+      }
+    }
+    if (status == "ok") {
+      save_checkpoint(r.dir / "checkpoints", state, r.params, optimizer);
+      if (o.lora.rank > 0) {
+        save_adapter(r.dir / "adapter", *r.loaded.model, o.lora);
+        export_peft_adapter(r.dir / "adapter-peft", *r.loaded.model, o.lora, o.model.model);
+      }
+    }
+  } catch (const OutOfMemoryError& e) {
+    status = "oom", error = e.what(), code = static_cast<int>(ExitCode::kOutOfMemory);
+  } catch (const c10::Error& e) {
+    const std::string what = e.what_without_backtrace();
+    if (what.find("out of memory") == std::string::npos &&
+        what.find("can't allocate memory") == std::string::npos) {
+      throw;
+    }
+    status = "oom", error = what.substr(0, what.find('\n'));
+    code = static_cast<int>(ExitCode::kOutOfMemory);
+  }
+  logs.monitor.set_cap(0);
+  state.elapsed_s = now_s();
+  write_summary(r, o, state, status, error, logs.monitor, &optimizer, held_grad_bytes);
+  if (code != 0) std::cerr << "llt-finetune: " << status << ": " << error << "\n";
+  std::cerr << "llt-finetune: " << status << " after " << state.step << " steps in "
+            << format_duration(state.elapsed_s) << "; run folder " << r.dir.string() << "\n";
+  return code;
+}
+
+}  // namespace llt

@@ -1,0 +1,169 @@
+// Memory probes: the counting CPU allocator follows a tensor's life; the memory cap throws
+// OutOfMemoryError (also from inside ATen ops and backward) and the process carries on; RSS;
+// the analytic estimate: exact parameter/gradient/optimizer bytes for 7B, activations against
+// the counted bytes of real forwards.
+#include <cstdio>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include "llt/amp.h"
+#include "llt/errors.h"
+#include "llt/lora.h"
+#include "llt/memory.h"
+#include "llt/recompute.h"
+
+namespace llt {
+namespace {
+
+constexpr int64_t kMiB = 1 << 20;
+
+class Memory : public ::testing::Test {
+ protected:
+  void SetUp() override { install_host_memory_counter(); }
+  void TearDown() override { set_host_memory_cap(0); }
+};
+
+TEST_F(Memory, CountsRiseAndFallWithATensor) {
+  ASSERT_TRUE(host_memory_counter_installed());
+  const int64_t before = host_memory_stats().current;
+  reset_host_peak();
+  {
+    const auto t = at::empty({4 * kMiB / 4}, at::kFloat);  // 4 MiB
+    const auto during = host_memory_stats();
+    EXPECT_GE(during.current - before, 4 * kMiB);
+    EXPECT_LT(during.current - before, 4 * kMiB + 4096);
+    EXPECT_GE(during.peak, during.current);
+  }
+  const auto after = host_memory_stats();
+  EXPECT_EQ(after.current, before);
+  EXPECT_GE(after.peak - before, 4 * kMiB);
+  reset_host_peak();
+  EXPECT_EQ(host_memory_stats().peak, after.current);
+}
+
+TEST_F(Memory, CapThrowsOutOfMemoryAndTheProcessCarriesOn) {
+  const int64_t before = host_memory_stats().current;
+  set_host_memory_cap(before + kMiB);
+  EXPECT_THROW(at::empty({4 * kMiB / 4}, at::kFloat), OutOfMemoryError);
+  EXPECT_EQ(host_memory_stats().current, before);  // nothing leaked by the failure
+  EXPECT_NO_THROW(at::empty({1024}, at::kFloat));  // small ones still fit
+
+  // From inside an op, and from backward.
+  const auto a = at::randn({256, 256});  // 256 KiB each
+  set_host_memory_cap(host_memory_stats().current + 300 * 1024);
+  EXPECT_THROW(at::matmul(at::cat({a, a}), a), OutOfMemoryError);
+  set_host_memory_cap(0);
+  const auto w = at::randn({512, 512}).requires_grad_(true);
+  const auto loss = at::matmul(a, w.narrow(0, 0, 256)).sum();
+  set_host_memory_cap(host_memory_stats().current + 64 * 1024);
+  EXPECT_THROW(loss.backward(), OutOfMemoryError);
+
+  set_host_memory_cap(0);
+  const auto big = at::ones({16 * kMiB / 4});
+  EXPECT_EQ(big.sum().item<float>(), 16 * kMiB / 4);
+}
+
+TEST_F(Memory, ProcessRss) {
+  const auto p = process_memory();
+  EXPECT_GT(p.rss, 10 * kMiB);  // libtorch alone
+  EXPECT_GE(p.peak_rss, p.rss);
+  const auto s = sample_memory(c10::Device(c10::kCPU));
+  EXPECT_EQ(s.allocated, host_memory_stats().current);
+  EXPECT_GT(s.rss, 0);
+}
+
+TEST(MemoryEstimate, SevenBillionLoraAndFull) {
+  const ModelArgs args = preset_args("llama2_7b");
+  ASSERT_EQ(args.num_parameters(), 6'738'415'616);
+  MemoryEstimateOptions o;  // r = 16 on wq, wv: 8,388,608 trainable
+  o.base_dtype = c10::kHalf;
+  o.precision = "fp16";
+  const auto lora = estimate_training_memory(args, o);
+  EXPECT_EQ(lora.parameters, 6'738'415'616LL * 2 + 8'388'608LL * 4);
+  EXPECT_EQ(lora.gradients, 8'388'608LL * 4);
+  EXPECT_EQ(lora.optimizer_state, 8'388'608LL * 8);
+
+  o.lora.rank = 0;  // full fine-tuning: fp32 weights, gradients and two moments
+  o.precision = "fp32";
+  const auto full = estimate_training_memory(args, o);
+  EXPECT_EQ(full.parameters, 6'738'415'616LL * 4);
+  EXPECT_EQ(full.gradients, 6'738'415'616LL * 4);
+  EXPECT_EQ(full.optimizer_state, 6'738'415'616LL * 8);
+}
+
+TEST(MemoryEstimate, CheckpointingOrdersActivations) {
+  const ModelArgs args = preset_args("llama2_7b");
+  MemoryEstimateOptions o;
+  auto with = [&](const std::string& policy) {
+    o.recompute.grad_checkpoint = policy;
+    return estimate_training_memory(args, o);
+  };
+  const auto none = with("none"), ffn = with("ffn"), every2 = with("every-k"),
+             block = with("block");
+  EXPECT_GT(none.activations, ffn.activations);
+  EXPECT_GT(ffn.activations, block.activations);
+  EXPECT_GT(none.activations, every2.activations);
+  EXPECT_GT(every2.activations, block.activations);
+  EXPECT_EQ(none.recompute, 0);
+  EXPECT_GT(block.recompute, 0);
+  o.precision = "fp8";
+  EXPECT_THROW(estimate_training_memory(args, o), InputError);
+}
+
+// Counted bytes the forward leaves alive (saved activations, logits, fp32 log-probs) against the
+// estimate, on a small model where nothing but activations is allocated in between.
+TEST_F(Memory, EstimateTracksCountedActivations) {
+  ModelArgs args = preset_args("tiny");
+  args.dim = 128;
+  args.n_heads = 4;
+  args.n_kv_heads = 2;
+  args.vocab_size = 256;
+  struct Case {
+    bool lora;
+    std::string precision, policy;
+  };
+  const std::vector<Case> cases = {
+      {true, "fp32", "none"},  {true, "fp32", "block"},  {true, "fp32", "ffn"},
+      {false, "fp32", "none"}, {false, "fp32", "block"}, {false, "fp32", "ffn"},
+      {true, "bf16", "none"},  {false, "bf16", "none"},  {false, "bf16", "ffn"},
+  };
+  for (const auto& c : cases) {
+    Transformer model(args, at::TensorOptions().dtype(at::kFloat));
+    model->init_random(1);
+    MemoryEstimateOptions o;
+    o.lora.targets = {"wq", "wv", "w2"};
+    if (c.lora) {
+      apply_lora(*model, o.lora);
+    } else {
+      o.lora.rank = 0;
+    }
+    o.precision = c.precision;
+    o.batch = 2;
+    o.seq_len = 64;
+    o.recompute.grad_checkpoint = c.policy;
+    model->train();
+    const auto tokens = at::randint(256, {2, 64}, at::TensorOptions().dtype(at::kLong));
+    const int64_t before = host_memory_stats().current;
+    at::Tensor logits;
+    {
+      std::optional<AutocastGuard> autocast;
+      if (c.precision == "bf16") autocast.emplace(c10::DeviceType::CPU, c10::kBFloat16);
+      logits = forward_with_checkpointing(*model, tokens, o.recompute);
+    }
+    const auto log_probs = at::log_softmax(logits.to(at::kFloat), /*dim=*/-1);
+    const double measured = static_cast<double>(host_memory_stats().current - before);
+    const double estimated = static_cast<double>(estimate_training_memory(args, o).activations);
+    const std::string what = (c.lora ? "lora " : "full ") + c.precision + " " + c.policy;
+    std::printf("%-18s measured %9.0f estimated %9.0f ratio %.3f\n", what.c_str(), measured,
+                estimated, estimated / measured);
+    EXPECT_GT(estimated / measured, 1 / 1.5) << what;
+    EXPECT_LT(estimated / measured, 1.5) << what;
+  }
+}
+
+}  // namespace
+}  // namespace llt

@@ -1,0 +1,655 @@
+// llt-tokenize (lib/llt/tokenize_tool, alpaca, encode_cache): token ids and source lengths equal
+// the stanford_alpaca recipe run in Python (tests/assets/alpaca/README.md), the segment cache
+// equals plain SentencePiece, bad input fails cleanly (or is skipped and listed), output does not
+// depend on the thread count, and the tool's exit codes.
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "llt/alpaca.h"
+#include "llt/encode_cache.h"
+#include "llt/errors.h"
+#include "llt/io.h"
+#include "llt/sha256.h"
+#include "llt/shards.h"
+#include "llt/tokenize_tool.h"
+#include "llt/tokenizer.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+const fs::path kSource = LLT_SOURCE_DIR;
+const fs::path kLlama2 = kSource / "assets/tokenizers/llama2/tokenizer.model";
+const fs::path kTok512 = kSource / "assets/models/stories260K/tok512.model";
+const fs::path kAlpaca = kSource / "assets/data/alpaca/alpaca_data_first_5000.json";
+
+const json& goldens() {
+  static const json g =
+      json::parse(llt::read_file(fs::path(LLT_TEST_ASSETS) / "alpaca/goldens.json"));
+  return g;
+}
+
+const llt::Tokenizer& llama2() {
+  static const llt::Tokenizer tok = llt::Tokenizer::load(kLlama2);
+  return tok;
+}
+
+const llt::AlpacaFile& alpaca() {
+  static const llt::AlpacaFile file =
+      llt::parse_alpaca_records(llt::read_file(kAlpaca), kAlpaca.string());
+  return file;
+}
+
+// A per-process folder, removed at exit: CTest runs each test of this file as its own process,
+// maybe in parallel with the others.
+struct TempRoot {
+  fs::path path = fs::temp_directory_path() / ("llt_test_tokenize_" + std::to_string(getpid()));
+  ~TempRoot() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+};
+
+fs::path fresh_dir(const std::string& name) {
+  static const TempRoot root;
+  const auto dir = root.path / name;
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+llt::TokenizeToolOptions options(const fs::path& output) {
+  llt::TokenizeToolOptions o;
+  o.tokenizer = kLlama2.string();
+  o.output = output.string();
+  o.threads = 2;
+  return o;
+}
+
+template <typename Fn>
+std::string expect_input_error(Fn body, const std::vector<std::string>& needles) {
+  try {
+    body();
+    ADD_FAILURE() << "expected llt::InputError";
+  } catch (const llt::InputError& e) {
+    const std::string what = e.what();
+    for (const auto& needle : needles) EXPECT_NE(what.find(needle), std::string::npos) << what;
+    EXPECT_EQ(what.find('\n'), std::string::npos) << "one line: " << what;
+    return what;
+  }
+  return "";
+}
+
+// Every shard of a dataset directory, concatenated in manifest order.
+llt::ShardData read_all(const fs::path& dir) {
+  const llt::Manifest m = llt::read_manifest(dir);
+  llt::ShardData all;
+  for (const auto& entry : m.shards) {
+    const llt::Shard s = llt::read_shard(dir / entry.file);
+    const int64_t base = all.tokens();
+    all.input_ids.insert(all.input_ids.end(), s.data.input_ids.begin(), s.data.input_ids.end());
+    for (size_t i = 1; i < s.data.offsets.size(); ++i)
+      all.offsets.push_back(base + s.data.offsets[i]);
+    all.source_lengths.insert(all.source_lengths.end(), s.data.source_lengths.begin(),
+                              s.data.source_lengths.end());
+    all.source_indices.insert(all.source_indices.end(), s.data.source_indices.begin(),
+                              s.data.source_indices.end());
+  }
+  return all;
+}
+
+// sha256 of integers as little-endian bytes of `width` bytes (as the golden script packs them).
+template <typename T>
+std::string digest(const std::vector<T>& values, int width) {
+  std::string bytes;
+  bytes.reserve(values.size() * width);
+  for (const T v : values) {
+    const auto u = static_cast<uint64_t>(static_cast<int64_t>(v));
+    for (int b = 0; b < width; ++b) bytes.push_back(static_cast<char>((u >> (8 * b)) & 0xFF));
+  }
+  return llt::sha256_hex(bytes);
+}
+
+std::string prompt_of(const llt::AlpacaRecord& r) {
+  return llt::format_alpaca_prompt(r.instruction, r.input);
+}
+
+// ----- the segment cache
+
+TEST(Segmentation, ExactForLlama2NotForTok512) {
+  const auto llama = llt::plan_segmentation(kLlama2);
+  EXPECT_TRUE(llama.exact) << llama.reason;
+  // tok512 removes extra whitespace (SentencePiece's default), so segments are not independent.
+  const auto tok512 = llt::plan_segmentation(kTok512);
+  EXPECT_FALSE(tok512.exact);
+  EXPECT_NE(tok512.reason.find("whitespace"), std::string::npos) << tok512.reason;
+  const auto dir = fresh_dir("proto");
+  std::ofstream(dir / "bad.model") << "\xff\xff\xff\xff not a proto";
+  expect_input_error([&] { llt::plan_segmentation(dir / "bad.model"); }, {"bad.model"});
+}
+
+TEST(Segmentation, CachedEncoderEqualsSentencePieceOnAlpacaAndEdgeCases) {
+  const auto& tok = llama2();
+  llt::CachedEncoder cached(tok, llt::plan_segmentation(kLlama2));
+  ASSERT_TRUE(cached.segmented());
+  std::vector<std::string> texts = {"",           " ",
+                                    "  ",         "x",
+                                    "x ",         " x",
+                                    "x  ",        "a b",
+                                    "a  b",       "a \t b",
+                                    "\u2581",     "a\u2581b",
+                                    "a \u2581 b", "x\u2581\u2581 y",
+                                    "end\u2581",  "trailing  ",
+                                    "\n",         " \n ",
+                                    "a\n b",      "😀 🚀",
+                                    "中文 分词",  "cafe\u0301 ",
+                                    "\u00a0x",    "zero\u200b width"};
+  for (const auto& c : json::parse(llt::read_file(
+           fs::path(LLT_TEST_ASSETS) / "tokenizer/goldens.json"))["tokenizers"][0]["encode"]) {
+    texts.push_back(c["text"].get<std::string>());
+  }
+  for (const auto& r : alpaca().records) {
+    texts.push_back(prompt_of(r));
+    texts.push_back(prompt_of(r) + r.output);
+  }
+  int mismatches = 0;
+  for (const auto& text : texts) {
+    const auto expected = tok.encode(text, false, false);
+    if (cached.encode(text) != expected && ++mismatches <= 5) {
+      ADD_FAILURE() << "cached encoding differs for " << json(text).dump();
+    }
+  }
+  EXPECT_EQ(mismatches, 0) << "of " << texts.size() << " texts";
+  EXPECT_GT(cached.cache_entries(), 1000);  // the cache was used
+}
+
+TEST(Segmentation, EncodeWithPrefixEqualsEncodingThePrefixAlone) {
+  const auto& tok = llama2();
+  llt::SharedSegmentCache shared;
+  llt::CachedEncoder cached(tok, llt::plan_segmentation(kLlama2), &shared);
+  auto check = [&](const std::string& text, size_t prefix) {
+    const auto r = cached.encode_with_prefix(text, prefix);
+    const auto whole = tok.encode(text, false, false);
+    const auto head = tok.encode(text.substr(0, prefix), false, false);
+    const bool is_prefix =
+        head.size() <= whole.size() && std::equal(head.begin(), head.end(), whole.begin());
+    EXPECT_EQ(r.ids, whole) << json(text).dump() << " prefix " << prefix;
+    EXPECT_EQ(r.prefix_tokens, static_cast<int64_t>(head.size()))
+        << json(text).dump() << " prefix " << prefix;
+    EXPECT_EQ(r.prefix_is_prefix, is_prefix) << json(text).dump() << " prefix " << prefix;
+  };
+  // Every cut point of short texts with spaces at the edges.
+  for (const std::string text : {"a  b", " x y ", "Response:- Im", "ab c\u2581 d ", "  ", "x ",
+                                 "caf\u00e9 ok", "one two  three   "}) {
+    for (size_t prefix = 0; prefix <= text.size(); ++prefix) check(text, prefix);
+  }
+  int not_prefix = 0;
+  for (const auto& r : alpaca().records) {
+    const std::string prompt = prompt_of(r);
+    check(prompt + r.output, prompt.size());
+    not_prefix += !cached.encode_with_prefix(prompt + r.output, prompt.size()).prefix_is_prefix;
+  }
+  EXPECT_EQ(not_prefix, static_cast<int>(goldens()["prompt_not_prefix"].size()));
+}
+
+TEST(Segmentation, UnsegmentedModelStillEncodesExactly) {
+  const auto tok = llt::Tokenizer::load(kTok512);
+  llt::CachedEncoder cached(tok, llt::plan_segmentation(kTok512));
+  EXPECT_FALSE(cached.segmented());
+  for (const std::string text : {"Once upon a time", "a  b", "x ", "  lead"}) {
+    EXPECT_EQ(cached.encode(text), tok.encode(text, false, false)) << text;
+  }
+}
+
+TEST(Tokenizer, EncodeIsThreadSafe) {
+  // SentencePiece's Encode is const; llt-tokenize shares one Tokenizer between threads.
+  const auto& tok = llama2();
+  std::vector<std::string> texts;
+  for (size_t i = 0; i < 1000; ++i)
+    texts.push_back(prompt_of(alpaca().records[i]) + alpaca().records[i].output);
+  std::vector<std::vector<int32_t>> serial;
+  for (const auto& t : texts) serial.push_back(tok.encode(t, true, true));
+  std::vector<std::vector<std::vector<int32_t>>> parallel(
+      4, std::vector<std::vector<int32_t>>(texts.size()));
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (size_t i = 0; i < texts.size(); ++i) {
+        const size_t k = (i * 7 + t * 250) % texts.size();  // different orders per thread
+        parallel[t][k] = tok.encode(texts[k], true, true);
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (int t = 0; t < 4; ++t) EXPECT_EQ(parallel[t], serial) << "thread " << t;
+}
+
+// ----- samples against the Python reference
+
+TEST(AlpacaSample, MatchesTheReferenceRecipe) {
+  llt::CachedEncoder encoder(llama2(), llt::plan_segmentation(kLlama2));
+  int with_input = 0, without_input = 0, not_prefix = 0, truncated = 0;
+  for (const auto& g : goldens()["samples"]) {
+    const int64_t index = g["index"];
+    SCOPED_TRACE("record " + std::to_string(index));
+    const auto s = llt::make_alpaca_sample(alpaca().records[index], encoder, 1, 2, 512);
+    EXPECT_EQ(s.ids, g["ids"].get<std::vector<int32_t>>());
+    EXPECT_EQ(s.source_length, g["source_length"].get<int32_t>());
+    EXPECT_EQ(s.truncated, g["truncated"].get<bool>());
+    EXPECT_EQ(s.prompt_is_prefix, g["prompt_is_prefix"].get<bool>());
+    (g["has_input"].get<bool>() ? with_input : without_input)++;
+    not_prefix += !s.prompt_is_prefix;
+    truncated += s.truncated;
+  }
+  // The fixture covers both templates, a boundary merge and a cut sample.
+  EXPECT_GT(with_input, 0);
+  EXPECT_GT(without_input, 0);
+  EXPECT_GT(not_prefix, 0);
+  EXPECT_GT(truncated, 0);
+}
+
+TEST(AlpacaSample, UnicodeAndWhitespaceEdgeCasesMatchTheReference) {
+  llt::CachedEncoder encoder(llama2(), llt::plan_segmentation(kLlama2));
+  for (const auto& g : goldens()["synthetic"]) {
+    const auto& r = g["record"];
+    SCOPED_TRACE(r.dump());
+    const llt::AlpacaRecord record{r["instruction"], r["input"], r["output"]};
+    const auto s = llt::make_alpaca_sample(record, encoder, 1, 2, 512);
+    EXPECT_EQ(s.ids, g["ids"].get<std::vector<int32_t>>());
+    EXPECT_EQ(s.source_length, g["source_length"].get<int32_t>());
+  }
+}
+
+TEST(AlpacaSample, PromptsAreStanfordAlpacasTemplates) {
+  const auto& dict = goldens()["prompt_dict"];
+  const std::string with = dict["prompt_input"];
+  const std::string without = dict["prompt_no_input"];
+  EXPECT_EQ(llt::format_alpaca_prompt("{instruction}", "{input}"), with);
+  EXPECT_EQ(llt::format_alpaca_prompt("{instruction}", ""), without);
+}
+
+// ----- the whole tool against the reference
+
+void expect_whole_file(const json& g, const fs::path& dir) {
+  const llt::Manifest m = llt::read_manifest(dir);
+  EXPECT_EQ(m.records, g["records"].get<int64_t>());
+  EXPECT_EQ(m.samples, g["samples"].get<int64_t>());
+  EXPECT_EQ(m.tokens, g["tokens"].get<int64_t>());
+  EXPECT_EQ(m.source_tokens, g["source_tokens"].get<int64_t>());
+  EXPECT_EQ(m.label_tokens, m.tokens - m.source_tokens);
+  EXPECT_EQ(m.truncated, g["truncated"].get<int64_t>());
+  EXPECT_EQ(m.dropped_no_label, g["dropped_no_label"].get<int64_t>());
+  EXPECT_EQ(m.prompt_not_prefix, g["prompt_not_prefix"].get<int64_t>());
+  EXPECT_EQ(m.length_histogram.counts, g["length_histogram_counts"].get<std::vector<int64_t>>());
+  std::vector<int64_t> bad;
+  for (const auto& b : m.bad_records) bad.push_back(b.index);
+  EXPECT_EQ(bad, g["bad_records"].get<std::vector<int64_t>>());
+  EXPECT_EQ(m.skipped_bad_records, static_cast<int64_t>(bad.size()));
+  EXPECT_EQ(m.attributes.source_sha256, goldens()["input_sha256"].get<std::string>());
+  EXPECT_EQ(m.attributes.tokenizer_sha256, goldens()["tokenizer_sha256"].get<std::string>());
+  const llt::ShardData all = read_all(dir);
+  EXPECT_EQ(digest(all.input_ids, 4), g["input_ids_sha256"].get<std::string>());
+  EXPECT_EQ(digest(all.offsets, 8), g["offsets_sha256"].get<std::string>());
+  EXPECT_EQ(digest(all.source_lengths, 4), g["source_lengths_sha256"].get<std::string>());
+  EXPECT_EQ(digest(all.source_indices, 8), g["source_indices_sha256"].get<std::string>());
+}
+
+TEST(LltTokenize, AllShippedSamplesMatchTheReference) {
+  for (const auto& g : goldens()["whole_file"]) {
+    const int64_t max_len = g["max_len"];
+    SCOPED_TRACE("max_len " + std::to_string(max_len));
+    const auto dir = fresh_dir("whole_" + std::to_string(max_len));
+    auto o = options(dir / "out");
+    o.on_bad_record = "skip";  // the 4 records with an empty output
+    o.max_len = max_len;
+    ASSERT_EQ(llt::run_tokenize(o, "test"), 0);
+    expect_whole_file(g, dir / "out");
+  }
+}
+
+TEST(LltTokenize, OutputDoesNotDependOnTheThreadCount) {
+  const auto dir = fresh_dir("threads");
+  std::vector<fs::path> outs;
+  for (const int threads : {1, 3}) {
+    auto o = options(dir / ("t" + std::to_string(threads)));
+    o.on_bad_record = "skip";
+    o.threads = threads;
+    o.samples_per_shard = 1500;  // 4 shards
+    ASSERT_EQ(llt::run_tokenize(o, "threads " + std::to_string(threads)), 0);
+    outs.push_back(o.output);
+  }
+  const auto m1 = llt::read_manifest(outs[0]);
+  const auto m3 = llt::read_manifest(outs[1]);
+  ASSERT_EQ(m1.shards.size(), 4u);
+  ASSERT_EQ(m3.shards.size(), 4u);
+  for (size_t i = 0; i < m1.shards.size(); ++i) {
+    EXPECT_EQ(m1.shards[i].sha256, m3.shards[i].sha256);
+    EXPECT_EQ(llt::read_file(outs[0] / m1.shards[i].file),
+              llt::read_file(outs[1] / m3.shards[i].file));
+  }
+  auto j1 = json::parse(llt::read_file(outs[0] / "manifest.json"));
+  auto j3 = json::parse(llt::read_file(outs[1] / "manifest.json"));
+  EXPECT_EQ(j1["command_line"], "threads 1");
+  j1.erase("command_line");
+  j3.erase("command_line");
+  EXPECT_EQ(j1, j3);
+}
+
+TEST(LltTokenize, ShardsCarryAttributesAndFirstIndex) {
+  const auto dir = fresh_dir("shards");
+  auto o = options(dir / "out");
+  o.first = 200;
+  o.samples_per_shard = 64;
+  o.max_len = 256;
+  ASSERT_EQ(llt::run_tokenize(o, "test"), 0);
+  const auto m = llt::read_manifest(dir / "out");
+  ASSERT_EQ(m.shards.size(), 4u);  // 64 + 64 + 64 + 8
+  int64_t samples = 0;
+  for (size_t i = 0; i < m.shards.size(); ++i) {
+    const auto s = llt::read_shard(dir / "out" / m.shards[i].file);
+    EXPECT_EQ(m.shards[i].file, llt::shard_file_name(static_cast<int64_t>(i)));
+    EXPECT_EQ(s.attributes.first_index, m.shards[i].first_index);
+    EXPECT_EQ(s.attributes.first_index, s.data.source_indices.front());
+    EXPECT_EQ(s.attributes.max_len, 256);
+    EXPECT_EQ(s.attributes.vocab_size, 32000);
+    EXPECT_EQ(s.attributes.bos_id, 1);
+    EXPECT_EQ(s.attributes.eos_id, 2);
+    EXPECT_EQ(s.attributes.template_name, "alpaca");
+    EXPECT_EQ(s.attributes.tokenizer_sha256, llama2().sha256());
+    EXPECT_EQ(m.shards[i].sha256, llt::sha256_file(dir / "out" / m.shards[i].file));
+    samples += s.data.size();
+  }
+  EXPECT_EQ(samples, 200);
+  EXPECT_FALSE(fs::exists(dir / "out" / "manifest.json.tmp"));
+}
+
+// ----- selection
+
+TEST(LltTokenize, SkipAndFirstSelectRecords) {
+  const auto dir = fresh_dir("skip");
+  auto o = options(dir / "out");
+  o.skip = 10;
+  o.first = 20;
+  ASSERT_EQ(llt::run_tokenize(o, "test"), 0);
+  const auto m = llt::read_manifest(dir / "out");
+  EXPECT_EQ(m.start, 10);
+  EXPECT_EQ(m.end, 30);
+  EXPECT_EQ(m.samples, 20);
+  const auto all = read_all(dir / "out");
+  std::vector<int64_t> expected(20);
+  for (int i = 0; i < 20; ++i) expected[i] = 10 + i;
+  EXPECT_EQ(all.source_indices, expected);
+  // The same records as in a run over everything: sample 0 here is record 10.
+  llt::CachedEncoder encoder(llama2(), llt::plan_segmentation(kLlama2));
+  const auto s10 = llt::make_alpaca_sample(alpaca().records[10], encoder, 1, 2, 512);
+  EXPECT_EQ(std::vector<int32_t>(all.input_ids.begin(), all.input_ids.begin() + all.offsets[1]),
+            s10.ids);
+}
+
+TEST(LltTokenize, SplitsGoToTheirOwnDirectories) {
+  const auto dir = fresh_dir("splits");
+  auto o = options(dir / "out");
+  o.splits = {"train=0:200", "eval=200:260"};
+  ASSERT_EQ(llt::run_tokenize(o, "test"), 0);
+  const auto train = llt::read_manifest(dir / "out/train");
+  const auto eval = llt::read_manifest(dir / "out/eval");
+  EXPECT_EQ(train.split, "train");
+  EXPECT_EQ(train.samples, 200);
+  EXPECT_EQ(eval.split, "eval");
+  EXPECT_EQ(eval.start, 200);
+  EXPECT_EQ(eval.samples, 60);
+  EXPECT_EQ(read_all(dir / "out/eval").source_indices.front(), 200);
+  EXPECT_FALSE(fs::exists(dir / "out/manifest.json"));
+}
+
+TEST(LltTokenize, BadSelectionsAreRefused) {
+  const auto dir = fresh_dir("bad_selection");
+  auto o = options(dir / "out");
+  o.skip = 4990;
+  o.first = 20;
+  expect_input_error([&] { llt::run_tokenize(o, ""); }, {"[4990, 5010)", "5000 records"});
+  o = options(dir / "out");
+  o.splits = {"train=0:200"};
+  o.first = 10;
+  expect_input_error([&] { llt::run_tokenize(o, ""); }, {"--split", "--skip/--first"});
+  o = options(dir / "out");
+  o.splits = {"a=0:10", "a=10:20"};
+  expect_input_error([&] { llt::run_tokenize(o, ""); }, {"'a' is used twice"});
+  o = options(dir / "out");
+  o.splits = {"train=4000:6000"};
+  expect_input_error([&] { llt::run_tokenize(o, ""); }, {"[4000, 6000)"});
+  for (const std::string spec :
+       {"train", "train=5", "=0:5", "a/b=0:5", "..=0:5", "t=5:5", "t=-1:5", "t=0:x", "t=0:5:6"}) {
+    expect_input_error([&] { llt::parse_split(spec); }, {"--split '" + spec + "'"});
+  }
+  const auto ok = llt::parse_split("eval-1.b=200:400");
+  EXPECT_EQ(ok.name, "eval-1.b");
+  EXPECT_EQ(ok.start, 200);
+  EXPECT_EQ(ok.end, 400);
+  EXPECT_FALSE(fs::exists(dir / "out"));
+}
+
+TEST(LltTokenize, BadRecordsOutsideTheSelectionDoNotMatter) {
+  const auto dir = fresh_dir("outside");
+  auto o = options(dir / "out");
+  o.first = 200;  // record 284 (empty output) is not selected
+  EXPECT_EQ(llt::run_tokenize(o, "test"), 0);
+}
+
+// ----- bad input
+
+struct BadCase {
+  std::string name;
+  std::string text;
+  std::vector<std::string> needles;
+};
+
+const std::string kGood = R"({"instruction": "Say hi", "input": "", "output": "Hi"})";
+
+std::vector<BadCase> bad_cases() {
+  return {
+      {"syntax",
+       "[" + kGood + ",\n  {\"instruction\": \"x\" \"input\": \"\"}]",
+       {"invalid JSON at line 2, column 29"}},  // nlohmann points at the token's last byte
+      {"missing",
+       "[" + kGood + ", {\"instruction\": \"x\", \"input\": \"\"}]",
+       {"record 1", "field 'output' is missing"}},
+      {"not_string",
+       "[" + kGood + ", {\"instruction\": \"x\", \"input\": 5, \"output\": \"y\"}]",
+       {"record 1", "field 'input' is not a string (found number)"}},
+      {"null",
+       "[" + kGood + ", {\"instruction\": null, \"input\": \"\", \"output\": \"y\"}]",
+       {"record 1", "field 'instruction' is not a string (found null)"}},
+      {"empty_output",
+       "[" + kGood + ", " + kGood +
+           ", {\"instruction\": \"x\", \"input\": \"\", \"output\": \"\"}]",
+       {"record 2", "field 'output' is empty"}},
+      {"utf8",
+       "[" + kGood + ", {\"instruction\": \"caf\xe9\", \"input\": \"\", \"output\": \"y\"}]",
+       {"record 1", "field 'instruction' is not valid UTF-8"}},
+      {"utf8_jsonl",
+       kGood + "\n" + kGood +
+           "\n{\"instruction\": \"x\", \"input\": \"\xc3\x28\", \"output\": \"y\"}\n",
+       {"record 2", "field 'input' is not valid UTF-8"}},
+      {"jsonl_syntax",
+       kGood + "\n{\"instruction\": \"x\",, }\n" + kGood + "\n",
+       {"record 1", "invalid JSON at line 2, column"}},
+      {"not_object", "[" + kGood + ", [1, 2]]", {"record 1", "not a JSON object (found array)"}},
+      {"empty_file", " \n ", {"empty file"}},
+      {"not_array", "[" + kGood + "", {"invalid JSON at line 1"}},
+  };
+}
+
+TEST(LltTokenize, BadInputFailsWithRecordAndFieldAndWritesNothing) {
+  const auto dir = fresh_dir("bad");
+  for (const auto& c : bad_cases()) {
+    SCOPED_TRACE(c.name);
+    const auto input = dir / (c.name + ".json");
+    std::ofstream(input, std::ios::binary) << c.text;
+    auto o = options(dir / ("out_" + c.name));
+    o.input = input.string();
+    auto needles = c.needles;
+    needles.push_back(input.string());
+    expect_input_error([&] { llt::run_tokenize(o, ""); }, needles);
+    EXPECT_FALSE(fs::exists(o.output));
+  }
+}
+
+TEST(LltTokenize, SkippedRecordsAreCountedAndListed) {
+  const auto dir = fresh_dir("skip_bad");
+  const auto input = dir / "mixed.jsonl";
+  std::ofstream(input, std::ios::binary)
+      << kGood << "\n"
+      << R"({"instruction": "x", "input": "", "output": ""})"
+      << "\n\n"
+      << R"({"instruction": "Add", "input": "2 and 3", "output": "5"})"
+      << "\n"
+      << "{\"instruction\": \"caf\xe9\", \"input\": \"\", \"output\": \"y\"}\n"
+      << "not json\n"
+      << R"({"instruction": "Name a colour", "input": "", "output": "Blue", "extra": 1})"
+      << "\n";
+  auto o = options(dir / "out");
+  o.input = input.string();
+  o.on_bad_record = "skip";
+  ASSERT_EQ(llt::run_tokenize(o, "test"), 0);
+  const auto m = llt::read_manifest(dir / "out");
+  EXPECT_EQ(m.input_format, "jsonl");
+  EXPECT_EQ(m.records, 6);
+  EXPECT_EQ(m.samples, 3);
+  EXPECT_EQ(m.skipped_bad_records, 3);
+  ASSERT_EQ(m.bad_records.size(), 3u);
+  EXPECT_EQ(m.bad_records[0].index, 1);
+  EXPECT_EQ(m.bad_records[0].field, "output");
+  EXPECT_EQ(m.bad_records[0].reason, "empty");
+  EXPECT_EQ(m.bad_records[1].index, 3);
+  EXPECT_EQ(m.bad_records[1].field, "instruction");
+  EXPECT_EQ(m.bad_records[2].index, 4);
+  EXPECT_EQ(m.bad_records[2].field, "");
+  EXPECT_NE(m.bad_records[2].reason.find("line 6"), std::string::npos) << m.bad_records[2].reason;
+  EXPECT_EQ(read_all(dir / "out").source_indices, (std::vector<int64_t>{0, 2, 5}));
+}
+
+TEST(LltTokenize, AllSamplesDroppedIsAnError) {
+  const auto dir = fresh_dir("dropped");
+  auto o = options(dir / "out");
+  o.first = 10;
+  o.max_len = 20;  // every Alpaca prompt is longer: no label token left
+  expect_input_error([&] { llt::run_tokenize(o, ""); }, {"no sample with a label token"});
+  EXPECT_FALSE(fs::exists(dir / "out"));
+}
+
+// ----- output directory
+
+TEST(LltTokenize, ExistingOutputIsRefusedUnlessOverwrite) {
+  const auto dir = fresh_dir("overwrite");
+  auto o = options(dir / "out");
+  o.first = 280;
+  o.samples_per_shard = 100;
+  ASSERT_EQ(llt::run_tokenize(o, "first"), 0);
+  std::ofstream(dir / "out" / "notes.txt") << "mine\n";
+  const std::string before = llt::read_file(dir / "out" / "manifest.json");
+  o.first = 50;
+  expect_input_error([&] { llt::run_tokenize(o, "second"); }, {"already exists", "--overwrite"});
+  EXPECT_EQ(llt::read_file(dir / "out" / "manifest.json"), before);
+  o.overwrite = true;
+  ASSERT_EQ(llt::run_tokenize(o, "second"), 0);
+  const auto m = llt::read_manifest(dir / "out");
+  EXPECT_EQ(m.samples, 50);
+  EXPECT_EQ(m.command_line, "second");
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir / "out")) names.push_back(e.path().filename());
+  std::sort(names.begin(), names.end());
+  // The old shards 1 and 2 are gone, no temp file is left, the user's file is kept.
+  EXPECT_EQ(names, (std::vector<std::string>{"manifest.json", "notes.txt", "shard-00000.h5"}));
+  // An empty directory is not "existing output".
+  fs::create_directories(dir / "empty");
+  auto e = options(dir / "empty");
+  e.first = 5;
+  EXPECT_EQ(llt::run_tokenize(e, "empty"), 0);
+}
+
+// ----- the binary
+
+struct Run {
+  int code = -1;
+  std::string output;  // stdout and stderr together
+};
+
+Run run(const std::string& args) {
+  const std::string cmd = std::string(LLT_BINARY_DIR) + "/bin/llt-tokenize " + args + " 2>&1";
+  Run r;
+  FILE* pipe = popen(cmd.c_str(), "r");
+  std::array<char, 4096> buf{};
+  while (size_t n = fread(buf.data(), 1, buf.size(), pipe)) r.output.append(buf.data(), n);
+  const int status = pclose(pipe);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+int count_lines(const std::string& s) {
+  return static_cast<int>(std::count(s.begin(), s.end(), '\n'));
+}
+
+TEST(LltTokenizeTool, WritesADatasetAndRecordsTheCommandLine) {
+  const auto dir = fresh_dir("tool");
+  const std::string out = (dir / "data").string();
+  const auto r = run("--tokenizer " + kLlama2.string() + " --output " + out +
+                     " --threads 2 --split 'train=0:40' --split eval=40:50");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("samples/s"), std::string::npos) << r.output;
+  const auto m = llt::read_manifest(dir / "data/train");
+  EXPECT_EQ(m.samples, 40);
+  EXPECT_NE(m.command_line.find("--split train=0:40 --split eval=40:50"), std::string::npos)
+      << m.command_line;
+  EXPECT_EQ(m.input, kAlpaca.string());  // the shipped default
+}
+
+TEST(LltTokenizeTool, BadUsageAndInputAreOneLineAndExitOne) {
+  const auto dir = fresh_dir("tool_bad");
+  const std::string tok = " --tokenizer " + kLlama2.string();
+  fs::create_directories(dir / "existing");
+  std::ofstream(dir / "existing" / "x") << "x";
+  const std::vector<std::string> cases = {
+      "--output " + (dir / "a").string(),         // no --tokenizer
+      tok,                                        // no --output
+      tok + " --output " + (dir / "b").string(),  // record 284
+      tok + " --output " + (dir / "c").string() + " --max-len 1",
+      tok + " --output " + (dir / "d").string() + " --on-bad-record maybe",
+      tok + " --output " + (dir / "e").string() + " --split train",
+      tok + " --output " + (dir / "f").string() + " --input /nonexistent.json",
+      tok + " --output " + (dir / "existing").string() + " --first 5",
+      " --tokenizer " + kAlpaca.string() + " --output " + (dir / "g").string(),  // not a model
+  };
+  for (const auto& args : cases) {
+    const auto r = run(args);
+    EXPECT_EQ(r.code, 1) << args << "\n" << r.output;
+    EXPECT_EQ(count_lines(r.output), 1) << args << "\n" << r.output;
+    EXPECT_NE(r.output.find("error"), std::string::npos) << r.output;
+  }
+  const auto r = run(tok + " --output " + (dir / "b").string());
+  EXPECT_NE(r.output.find("record 284: field 'output' is empty"), std::string::npos) << r.output;
+  for (const char* name : {"a", "b", "c", "d", "e", "f", "g"}) EXPECT_FALSE(fs::exists(dir / name));
+}
+
+TEST(LltTokenizeTool, HelpExitsZero) {
+  const auto r = run("--help");
+  EXPECT_EQ(r.code, 0);
+  for (const char* flag :
+       {"--input", "--tokenizer", "--output", "--max-len", "--skip", "--first", "--split",
+        "--samples-per-shard", "--on-bad-record", "--overwrite", "--threads", "--config"}) {
+    EXPECT_NE(r.output.find(flag), std::string::npos) << flag;
+  }
+}
+
+}  // namespace

@@ -1,0 +1,205 @@
+// llt-finetune end to end on the shipped stories260K model and Alpaca samples (tokenized with
+// its 512-piece tokenizer): accumulation, resume, loss going down, OOM and bad input.
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "llt/checkpoint.h"
+#include "llt/dataset.h"
+#include "llt/errors.h"
+#include "llt/io.h"
+#include "llt/options.h"
+#include "llt/tokenize_tool.h"
+#include "llt/train.h"
+
+namespace llt {
+namespace {
+
+namespace fs = std::filesystem;
+
+const fs::path kStories = fs::path(LLT_SOURCE_DIR) / "assets/models/stories260K";
+
+fs::path temp_root() {
+  static const fs::path root = [] {
+    // One folder per process: CTest runs the tests of this file in parallel processes.
+    const auto dir = fs::temp_directory_path() / ("llt_test_train_" + std::to_string(getpid()));
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    return dir;
+  }();
+  return root;
+}
+
+// 48 Alpaca samples tokenized for stories260K, made once per test binary.
+fs::path dataset() {
+  static const fs::path dir = [] {
+    TokenizeToolOptions t;
+    t.input = (fs::path(LLT_SOURCE_DIR) / "assets/data/alpaca/alpaca_data_first_5000.json").string();
+    t.tokenizer = (kStories / "tok512.model").string();
+    t.output = (temp_root() / "data").string();
+    t.first = 48;
+    t.max_len = 320;
+    t.threads = 1;
+    EXPECT_EQ(run_tokenize(t, "test_train"), 0);
+    return temp_root() / "data";
+  }();
+  return dir;
+}
+
+FinetuneToolOptions base_options(const std::string& run) {
+  FinetuneToolOptions o;
+  o.model.model = (kStories / "stories260K.bin").string();
+  o.model.threads = 1;
+  o.model.device = "cpu";
+  o.data = dataset().string();
+  o.output = (temp_root() / run).string();
+  o.train.log_every = 0;
+  o.train.grad_accum = 4;
+  o.optim.lr = 1e-3;
+  return o;
+}
+
+std::vector<nlohmann::json> metrics(const FinetuneToolOptions& o) {
+  std::istringstream in(read_file(fs::path(o.output) / "metrics.jsonl"));
+  std::vector<nlohmann::json> rows;
+  for (std::string line; std::getline(in, line);) rows.push_back(nlohmann::json::parse(line));
+  return rows;
+}
+
+nlohmann::json summary(const FinetuneToolOptions& o) {
+  return nlohmann::json::parse(read_file(fs::path(o.output) / "summary.json"));
+}
+
+TEST(Loss, LabelTokenSumIgnoresMaskedPositions) {
+  const auto logits = at::randn({2, 4, 7});
+  auto labels = at::tensor({-100, -100, 3, 5, -100, 1, 2, -100}, at::kLong).view({2, 4});
+  const double got = label_token_loss_sum(logits, labels).item<double>();
+  // By hand: positions t predict labels[t + 1]: (0,1)->3, (0,2)->5, (1,0)->1, (1,1)->2.
+  const auto logp = at::log_softmax(logits.to(at::kDouble), -1);
+  const double want = -(logp[0][1][3] + logp[0][2][5] + logp[1][0][1] + logp[1][1][2]).item<double>();
+  EXPECT_NEAR(got, want, 1e-5);
+}
+
+TEST(Finetune, LoraRunWritesTheRunFolderAndLowersTheLoss) {
+  auto o = base_options("lora");
+  o.train.epochs = 3;
+  ASSERT_EQ(run_finetune(o), 0);
+  const auto rows = metrics(o);
+  ASSERT_EQ(rows.size(), 36u);  // 48 samples / 4 per step * 3 epochs
+  const double first = (rows[0]["loss"].get<double>() + rows[1]["loss"].get<double>()) / 2;
+  const double last = (rows[34]["loss"].get<double>() + rows[35]["loss"].get<double>()) / 2;
+  EXPECT_LT(last, first - 0.05) << "first " << first << " last " << last;
+  const auto s = summary(o);
+  EXPECT_EQ(s["status"], "ok");
+  // r = 16 on wq, wv of 5 layers, dim 64 (kv dim 32): 5 * (16*(64+64) + 16*(64+32)).
+  EXPECT_EQ(s["trainable_parameters"], 5 * (16 * 128 + 16 * 96));
+  for (const char* f : {"config.toml", "memory.jsonl", "adapter/adapter.safetensors",
+                        "adapter-peft/adapter_model.safetensors", "checkpoints/step-36/state.json"}) {
+    EXPECT_TRUE(fs::exists(fs::path(o.output) / f)) << f;
+  }
+}
+
+TEST(Finetune, AccumulationEqualsOneBigBatch) {
+  auto small = base_options("accum_small");
+  small.train.batch_size = 1;
+  small.train.grad_accum = 8;
+  small.train.max_steps = 2;
+  small.train.shuffle = "off";
+  small.lora.dropout = 0;
+  auto big = small;
+  big.output = (temp_root() / "accum_big").string();
+  big.train.batch_size = 8;
+  big.train.grad_accum = 1;
+  ASSERT_EQ(run_finetune(small), 0);
+  ASSERT_EQ(run_finetune(big), 0);
+  const auto a = metrics(small), b = metrics(big);
+  ASSERT_EQ(a.size(), 2u);
+  ASSERT_EQ(b.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_EQ(a[i]["label_tokens"], b[i]["label_tokens"]);
+    EXPECT_NEAR(a[i]["loss"].get<double>(), b[i]["loss"].get<double>(), 1e-5);
+    EXPECT_NEAR(a[i]["grad_norm"].get<double>(), b[i]["grad_norm"].get<double>(),
+                1e-4 * a[i]["grad_norm"].get<double>());
+  }
+}
+
+TEST(Finetune, ResumeReproducesTheUninterruptedRunExactly) {
+  auto full = base_options("resume_full");
+  full.train.max_steps = 6;
+  full.train.save_every = 3;
+  ASSERT_EQ(run_finetune(full), 0);
+
+  auto part = full;
+  part.output = (temp_root() / "resume_part").string();
+  part.train.max_steps = 3;
+  ASSERT_EQ(run_finetune(part), 0);
+  part.train.max_steps = 6;
+  part.train.resume = "auto";
+  ASSERT_EQ(run_finetune(part), 0);
+
+  const auto a = metrics(full), b = metrics(part);
+  ASSERT_EQ(a.size(), 6u);
+  ASSERT_EQ(b.size(), 6u);
+  for (size_t i = 0; i < 6; ++i) {
+    EXPECT_EQ(a[i]["loss"].get<double>(), b[i]["loss"].get<double>()) << "step " << i + 1;
+    EXPECT_EQ(a[i]["grad_norm"].get<double>(), b[i]["grad_norm"].get<double>());
+  }
+}
+
+TEST(Finetune, FullFineTuningTrainsEveryParameter) {
+  auto o = base_options("full");
+  o.lora.rank = 0;
+  o.train.max_steps = 2;
+  ASSERT_EQ(run_finetune(o), 0);
+  const auto s = summary(o);
+  EXPECT_EQ(s["trainable_parameters"], s["total_parameters"]);
+  EXPECT_EQ(s["total_parameters"], 260032);
+  EXPECT_GT(s["memory_breakdown"]["optimizer_state"].get<int64_t>(), 2 * 4 * 260000);
+}
+
+TEST(Finetune, Bf16WithCheckpointingRuns) {
+  auto o = base_options("bf16_ckpt");
+  o.train.precision = "bf16";
+  o.train.base_dtype = "bf16";
+  o.recompute.grad_checkpoint = "block";
+  o.train.max_steps = 3;
+  ASSERT_EQ(run_finetune(o), 0);
+  for (const auto& row : metrics(o)) EXPECT_TRUE(std::isfinite(row["loss"].get<double>()));
+}
+
+TEST(Finetune, OutOfMemoryIsRecordedNotACrash) {
+  auto o = base_options("oom");
+  o.train.memory_cap_gb = 0.004;  // 4 MB: less than one step's activations
+  o.train.max_steps = 2;
+  EXPECT_EQ(run_finetune(o), 3);
+  EXPECT_EQ(summary(o)["status"], "oom");
+}
+
+TEST(Finetune, BadInputIsRefusedBeforeAnythingIsWritten) {
+  auto o = base_options("bad_fp16");
+  o.train.precision = "fp16";
+  EXPECT_THROW(run_finetune(o), InputError);
+  EXPECT_FALSE(fs::exists(o.output));
+
+  auto existing = base_options("existing");
+  fs::create_directories(existing.output);
+  std::ofstream(fs::path(existing.output) / "notes.txt") << "mine";
+  EXPECT_THROW(run_finetune(existing), InputError);
+  EXPECT_EQ(read_file(fs::path(existing.output) / "notes.txt"), "mine");
+
+  auto half_base = base_options("bad_base");
+  half_base.train.base_dtype = "bf16";  // with --precision fp32
+  EXPECT_THROW(run_finetune(half_base), InputError);
+}
+
+}  // namespace
+}  // namespace llt
