@@ -159,11 +159,13 @@ def write_h5py_shard(samples, tokenizer_sha256, source_sha256, sp):
         f.attrs["max_len"] = 512
         f.attrs["source_sha256"] = source_sha256
         f.attrs["first_index"] = samples[0]["index"]
-        f.create_dataset("input_ids", data=np.asarray(ids, np.int32), compression="gzip")
-        f.create_dataset("offsets", data=np.asarray(offsets, np.int64))
+        f.create_dataset("input_ids", data=np.asarray(ids, np.int32), compression="gzip",
+                         track_times=False)
+        f.create_dataset("offsets", data=np.asarray(offsets, np.int64), track_times=False)
         lengths = [s["source_length"] for s in samples]
-        f.create_dataset("source_lengths", data=np.asarray(lengths, np.int32))
-        f.create_dataset("source_indices", data=np.asarray([s["index"] for s in samples], np.int64))
+        f.create_dataset("source_lengths", data=np.asarray(lengths, np.int32), track_times=False)
+        indices = [s["index"] for s in samples]
+        f.create_dataset("source_indices", data=np.asarray(indices, np.int64), track_times=False)
 
 
 def main():

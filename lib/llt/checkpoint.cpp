@@ -587,6 +587,8 @@ OpenCheckpoint open_checkpoint(const fs::path& path, CheckpointFormat format) {
       return open_hf(checkpoint_root(path));
     case CheckpointFormat::kLlama2c:
       return open_llama2c(path);
+    case CheckpointFormat::kPreset:
+      break;  // load_model builds preset models itself
   }
   throw RuntimeError("unknown checkpoint format");
 }
@@ -658,11 +660,19 @@ std::string format_name(CheckpointFormat format) {
       return "huggingface";
     case CheckpointFormat::kLlama2c:
       return "llama2c";
+    case CheckpointFormat::kPreset:
+      return "preset";
   }
   return "unknown";
 }
 
+std::string preset_model_name(const fs::path& path) {
+  const std::string s = path.string();
+  return s.rfind("preset:", 0) == 0 ? s.substr(7) : "";
+}
+
 CheckpointFormat detect_format(const fs::path& path) {
+  if (!preset_model_name(path).empty()) return CheckpointFormat::kPreset;
   if (!fs::exists(path)) throw InputError(path.string() + ": no such file or directory");
   if (fs::is_directory(path)) {
     const bool meta = fs::exists(path / "params.json");
@@ -694,6 +704,8 @@ CheckpointFormat detect_format(const fs::path& path) {
 ModelArgs read_model_args(const fs::path& path) {
   ModelArgs args;
   switch (detect_format(path)) {
+    case CheckpointFormat::kPreset:
+      return preset_args(preset_model_name(path));
     case CheckpointFormat::kMeta:
       args = read_meta_args(checkpoint_root(path));
       break;
@@ -712,6 +724,13 @@ ModelArgs read_model_args(const fs::path& path) {
 
 LoadedModel load_model(const fs::path& path, const LoadOptions& options) {
   const CheckpointFormat format = detect_format(path);
+  if (format == CheckpointFormat::kPreset) {
+    ModelArgs args = preset_args(preset_model_name(path));
+    if (options.n_layers > 0) args.n_layers = options.n_layers;
+    Transformer model(args, torch::TensorOptions().device(options.device).dtype(options.dtype));
+    model->init_random(/*seed=*/0);
+    return {args, model, format, path};
+  }
   OpenCheckpoint ckpt = open_checkpoint(path, format);
   ckpt.args.validate(ckpt.source);
   ModelArgs kept = ckpt.args;

@@ -24,7 +24,12 @@
 
 namespace llt {
 
-enum class CheckpointFormat { kMeta, kHuggingFace, kLlama2c };
+// kPreset: "--model preset:NAME" (llama2_7b, llama2_13b, tiny) with seeded random weights, for
+// measuring time and memory of a shape without its checkpoint.
+enum class CheckpointFormat { kMeta, kHuggingFace, kLlama2c, kPreset };
+
+// The preset name of a "preset:NAME" model path, or "" for a real path.
+std::string preset_model_name(const std::filesystem::path& path);
 
 struct LoadOptions {
   c10::Device device{c10::kCPU};        // where the parameters live

@@ -16,9 +16,15 @@ void add_config_option(CLI::App& app) {
 
 // `with_tokenizer`: llt-finetune takes none (its shards carry the tokenizer's identity).
 void add_model_options(CLI::App& app, ModelOptions& o, bool with_tokenizer = true) {
-  app.add_option("--model", o.model, "Checkpoint file or directory (Meta, Hugging Face, llama2.c)")
+  app.add_option("--model", o.model, "Checkpoint file or directory (Meta, Hugging Face, llama2.c), or preset:NAME "
+                 "(llama2_7b, llama2_13b, tiny) for random weights of that shape")
       ->required()
-      ->check(CLI::ExistingPath);
+      ->check(CLI::Validator(
+          [](const std::string& path) -> std::string {
+            if (path.rfind("preset:", 0) == 0) return "";  // random weights of a preset shape
+            return CLI::ExistingPath(path);
+          },
+          "PATH|preset:NAME"));
   if (with_tokenizer) {
     app.add_option("--tokenizer", o.tokenizer,
                    "SentencePiece model (default: tokenizer.model beside the checkpoint)")

@@ -15,6 +15,8 @@ constexpr std::string_view kMetaSpace = "\xE2\x96\x81";
 
 // Caps the cache so a huge corpus cannot grow it without bound (about 100 MB of ids at most).
 constexpr size_t kMaxCacheEntries = size_t{1} << 20;
+// Locks of the shared cache: enough that threads rarely wait on one another.
+constexpr size_t kSharedShards = 64;
 
 // A minimal protobuf wire-format reader: just what is needed to read a few fields of
 // sentencepiece_model.proto (field numbers from that file, SentencePiece 0.1.9x).
@@ -242,8 +244,6 @@ struct SharedSegmentCache::Shard {
   std::mutex mutex;
   std::unordered_map<std::string, std::vector<int32_t>> map;
 };
-
-constexpr size_t kSharedShards = 64;
 
 SharedSegmentCache::SharedSegmentCache() : shards_(new Shard[kSharedShards]) {}
 SharedSegmentCache::~SharedSegmentCache() = default;

@@ -22,6 +22,8 @@ class Tokenizer {
 
   // Text -> ids, with BOS/EOS prepended/appended on request. Throws InputError if a requested
   // BOS/EOS does not exist in this model (id -1).
+  // Thread-safe: several threads may encode with one Tokenizer (SentencePiece's Encode is const;
+  // tests/test_tokenize.cpp checks it).
   std::vector<int32_t> encode(const std::string& text, bool bos, bool eos) const;
 
   // Ids -> text (SentencePiece drops control pieces such as BOS/EOS). Throws InputError on an id

@@ -7,6 +7,7 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iomanip>
 #include <iostream>
 #include <sstream>
@@ -334,8 +335,11 @@ Window next_window(BatchSampler& sampler, const Run& r, int64_t grad_accum) {
 }
 
 // Forward and backward of one window; returns the summed label-token loss (fp32, unscaled).
+// `mark(phase)` is called after the first micro-batch's forward and backward (memory.jsonl's
+// phase marks); pass an empty function after the first step.
 double accumulate_gradients(Run& r, const FinetuneToolOptions& o, const Window& w,
-                            const LossScaler& scaler) {
+                            const LossScaler& scaler,
+                            const std::function<void(const std::string&)>& mark) {
   auto& model = *r.loaded.model;
   double loss_sum = 0;
   for (const auto& batch : w.batches) {
@@ -348,12 +352,14 @@ double accumulate_gradients(Run& r, const FinetuneToolOptions& o, const Window& 
       logits = forward_with_checkpointing(model, batch.input_ids.to(r.device), o.recompute);
     }
     const auto sum = label_token_loss_sum(logits, batch.labels.to(r.device));
+    if (mark && &batch == &w.batches.front()) mark("after_first_forward");
     // tokens: every label token of the window weighs the same, so N micro-batches of 1 give the
     // gradient of one batch of N. micro-batch: the seed's mean per micro-batch, averaged.
     const double denom = o.train.loss_normalization == "tokens"
                              ? static_cast<double>(w.label_tokens)
                              : static_cast<double>(batch.label_tokens * w.batches.size());
     scaler.scale(sum / denom).backward();
+    if (mark && &batch == &w.batches.front()) mark("after_first_backward");
     loss_sum += sum.item<double>();
   }
   return loss_sum;
@@ -373,7 +379,13 @@ class MemoryMonitor {
     const MemorySample m = sample_memory(device_);
     peak_allocated_ = std::max(peak_allocated_, m.peak_allocated);
     peak_reserved_ = std::max(peak_reserved_, m.peak_reserved);
+    if (training_) training_peak_ = std::max(training_peak_, m.peak_allocated);
     return m;
+  }
+  // Starts the training phase: from now on the step peaks are also kept apart from loading's.
+  void start_training() {
+    reset_peak();
+    training_ = true;
   }
   void reset_peak() {
     sample();  // fold the interval's peak into the run's before it is forgotten
@@ -386,9 +398,12 @@ class MemoryMonitor {
   void set_cap(int64_t bytes) { set_host_memory_cap(bytes); }
   int64_t peak_allocated() const { return peak_allocated_; }
   int64_t peak_reserved() const { return peak_reserved_; }
+  int64_t training_peak_allocated() const { return training_peak_; }
   const c10::Device& device() const { return device_; }
 
  private:
+  bool training_ = false;
+  int64_t training_peak_ = 0;
   c10::Device device_;
   int64_t peak_allocated_ = 0;
   int64_t peak_reserved_ = 0;
@@ -430,6 +445,26 @@ std::string format_duration(double seconds) {
   return out.str();
 }
 
+// The analytic estimate for the run's longest micro-batch (every batch holds the longest sample).
+MemoryBreakdown estimate_run_memory(const Run& r, const FinetuneToolOptions& o) {
+  MemoryEstimateOptions e;
+  e.lora = o.lora;
+  e.precision = o.train.precision;
+  e.base_dtype = o.lora.rank > 0 ? r.base_dtype : r.param_dtype;
+  e.batch = o.train.batch_size;
+  e.seq_len = std::max<int64_t>(1, r.data->manifest().length_histogram.max);
+  e.recompute = o.recompute;
+  return estimate_training_memory(r.loaded.args, e);
+}
+
+nlohmann::json breakdown_json(const MemoryBreakdown& b) {
+  return {{"parameters", b.parameters},
+          {"gradients", b.gradients},
+          {"optimizer_state", b.optimizer_state},
+          {"activations", b.activations},
+          {"total", b.total()}};
+}
+
 void write_summary(const Run& r, const FinetuneToolOptions& o, const TrainState& state,
                    const std::string& status, const std::string& error, MemoryMonitor& monitor,
                    const AdamW* optimizer, int64_t grad_bytes) {
@@ -452,6 +487,7 @@ void write_summary(const Run& r, const FinetuneToolOptions& o, const TrainState&
       {"precision", o.train.precision},
       {"peak_allocated", monitor.peak_allocated()},
       {"peak_reserved", monitor.peak_reserved()},
+      {"peak_allocated_training", monitor.training_peak_allocated()},  // steps only, no loading
       {"peak_rss", m.peak_rss},
       {"skipped_steps", state.scaler.skipped_steps},
       // Measured breakdown (the seed's Table 1, measured): bytes held by each kind; activations
@@ -460,7 +496,10 @@ void write_summary(const Run& r, const FinetuneToolOptions& o, const TrainState&
        {{"parameters", r.params.parameter_bytes},
         {"gradients", grad_bytes},
         {"optimizer_state", optimizer_bytes},
-        {"activations", std::max<int64_t>(0, monitor.peak_allocated() - static_bytes)}}},
+        {"activations",
+         std::max<int64_t>(0, monitor.training_peak_allocated() - static_bytes)}}},
+      // Analytic estimate for the same configuration (lib/llt/memory), to compare with the above.
+      {"memory_estimate", breakdown_json(estimate_run_memory(r, o))},
       {"model", o.model.model},
       {"data", o.data},
       {"n_layers", r.loaded.args.n_layers},
@@ -523,6 +562,12 @@ int run_finetune(const FinetuneToolOptions& o) {
             << std::setprecision(3) << 100.0 * r.params.trainable_count / r.params.total_count
             << "%), " << sampler.batches_per_epoch() << " micro-batches per epoch, "
             << total_steps << " steps in the schedule, training to step " << last_step << "\n";
+  const MemoryBreakdown estimate = estimate_run_memory(r, o);
+  std::cerr << "llt-finetune: memory estimate for the longest batch: parameters "
+            << format_bytes(estimate.parameters) << ", gradients " << format_bytes(estimate.gradients)
+            << ", optimizer " << format_bytes(estimate.optimizer_state) << ", activations "
+            << format_bytes(estimate.activations) << ", total " << format_bytes(estimate.total())
+            << "\n";
 
   std::signal(SIGUSR1, on_stop_signal);
   std::signal(SIGTERM, on_stop_signal);
@@ -530,6 +575,7 @@ int run_finetune(const FinetuneToolOptions& o) {
   const double elapsed_before = state.elapsed_s;
   auto now_s = [&] { return elapsed_before + seconds_since(started); };
   logs.memory.write(memory_record(logs.monitor, state.step, "after_load", now_s()));
+  logs.monitor.start_training();
   std::string status = "ok";
   std::string error;
   int code = 0;
@@ -539,7 +585,14 @@ int run_finetune(const FinetuneToolOptions& o) {
       const auto step_started = std::chrono::steady_clock::now();
       logs.monitor.reset_peak();
       const Window w = next_window(sampler, r, o.train.grad_accum);
-      const double loss_sum = accumulate_gradients(r, o, w, scaler);
+      const bool first = state.step == first_step;
+      std::function<void(const std::string&)> mark;
+      if (first) {
+        mark = [&](const std::string& phase) {
+          logs.memory.write(memory_record(logs.monitor, state.step + 1, phase, now_s()));
+        };
+      }
+      const double loss_sum = accumulate_gradients(r, o, w, scaler, mark);
       const double loss = loss_sum / static_cast<double>(w.label_tokens);
       const auto tensors = optimizer.tensors();
       const bool found_inf = scaler.unscale(tensors);
@@ -552,6 +605,7 @@ int run_finetune(const FinetuneToolOptions& o) {
       }
       const double lr = scheduled_lr(o.optim, state.step + 1, total_steps);
       if (!found_inf) optimizer.step(lr);
+      if (first) mark("after_first_optimizer_step");
       scaler.update(found_inf);
       const int64_t grad_bytes = gradient_bytes(r.params);
       held_grad_bytes = std::max(held_grad_bytes, grad_bytes);
