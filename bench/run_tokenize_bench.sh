@@ -65,6 +65,9 @@ records = results["llt"][0]["records"]
 rate = {impl: records / med[impl]["seconds"] for impl in med}
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                       text=True).stdout.strip()
+sha += " with uncommitted changes" if dirty else ""
 load = os.getloadavg()[0]
 lines = [
     "# llt-tokenize vs the same job in Python",

@@ -163,6 +163,13 @@ TEST(LltFinetune, RunsFromTheCommandLineAndItsResolvedConfigReadsBack) {
   EXPECT_NE(again.output.find("resumed from"), std::string::npos) << again.output;
   EXPECT_NE(again.output.find("step 3/3"), std::string::npos) << again.output;
 
+  // The adapter loads into llt-generate.
+  const auto gen = run(kGenerate + "--prompt hi --max-new-tokens 4 --adapter " + run_dir +
+                       "/adapter");
+  EXPECT_EQ(gen.code, 0) << gen.output;
+  const auto bad_adapter = run(kGenerate + "--prompt hi --adapter " + data);
+  EXPECT_EQ(bad_adapter.code, 1) << bad_adapter.output;
+
   const auto refused = run(args);  // the run folder exists now
   EXPECT_EQ(refused.code, 1) << refused.output;
   EXPECT_EQ(count_lines(refused.output), 1) << refused.output;

@@ -25,7 +25,9 @@ void add_model_options(CLI::App& app, ModelOptions& o, bool with_tokenizer = tru
             return CLI::ExistingPath(path);
           },
           "PATH|preset:NAME"));
-  if (with_tokenizer) {
+  if (with_tokenizer) {  // the inference tools: they also take an adapter
+    app.add_option("--adapter", o.adapter, "LoRA adapter folder (a run's adapter/) to apply")
+        ->check(CLI::ExistingDirectory);
     app.add_option("--tokenizer", o.tokenizer,
                    "SentencePiece model (default: tokenizer.model beside the checkpoint)")
         ->check(CLI::ExistingFile);

@@ -18,6 +18,7 @@ struct ModelOptions {
   std::string dtype = "fp32";   // --dtype: compute dtype fp32 | bf16 | fp16 (fp16 needs CUDA)
   int threads = 0;              // --threads: 0 = SLURM_CPUS_PER_TASK, else all cores
   int64_t n_layers = 0;         // --n-layers: keep only the first N blocks (1 = the P100 debug model)
+  std::string adapter;          // --adapter: a LoRA adapter folder (llt-finetune's RUN/adapter)
 };
 
 // llt-generate.

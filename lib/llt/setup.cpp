@@ -4,6 +4,7 @@
 #include <string>
 
 #include "llt/errors.h"
+#include "llt/lora.h"
 #include "llt/runtime.h"
 
 namespace llt {
@@ -30,6 +31,8 @@ ModelSetup setup_model(const ModelOptions& options) {
   load.dtype = dtype;
   load.n_layers = options.n_layers;
   auto loaded = load_model(options.model, load);
+  if (!options.adapter.empty()) load_adapter(options.adapter, *loaded.model);
+  loaded.model->eval();  // no LoRA dropout at inference
   const double load_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
 
