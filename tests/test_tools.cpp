@@ -183,3 +183,38 @@ TEST(LltFinetune, BadFlagsExitOne) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(LltFinetune, SigusrOneCheckpointsExitsSeventyFiveAndResumes) {
+  const auto dir = fresh_dir("preempt");
+  const std::string data = (dir / "data").string();
+  ASSERT_EQ(run("llt-tokenize --tokenizer " + kStories + "/tok512.model --output " + data +
+                " --first 16 --max-len 320 --threads 1").code, 0);
+  const std::string run_dir = (dir / "run").string();
+  const std::string bin = std::string(LLT_BINARY_DIR) + "/bin/";
+  const std::string args = "--model " + kStories + "/stories260K.bin --data " + data +
+                           " --output " + run_dir + " --threads 1 --grad-accum 2 --epochs 400" +
+                           " --log-every 0";
+  // Start a long run, signal it once it is training, and report its exit code.
+  const std::string script = "sh -c '" + bin + "llt-finetune " + args + " & pid=$!; " +
+                             "while [ ! -s " + run_dir + "/metrics.jsonl ]; do sleep 0.1; done; " +
+                             "kill -USR1 $pid; wait $pid; echo exit=$?'";
+  FILE* pipe = popen((script + " 2>&1").c_str(), "r");
+  std::string out;
+  std::array<char, 4096> buf{};
+  while (size_t n = fread(buf.data(), 1, buf.size(), pipe)) out.append(buf.data(), n);
+  pclose(pipe);
+  EXPECT_NE(out.find("exit=75"), std::string::npos) << out;
+  const auto summary = nlohmann::json::parse(llt::read_file(run_dir + "/summary.json"));
+  EXPECT_EQ(summary["status"], "preempted");
+  const int64_t steps = summary["steps"];
+  EXPECT_TRUE(fs::exists(run_dir + "/checkpoints/step-" + std::to_string(steps) + "/state.json"));
+
+  const auto resumed = run("llt-finetune " + args + " --resume auto --max-steps " +
+                           std::to_string(steps + 2));
+  EXPECT_EQ(resumed.code, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("resumed from"), std::string::npos) << resumed.output;
+}
+
+}  // namespace

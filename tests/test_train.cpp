@@ -203,3 +203,20 @@ TEST(Finetune, BadInputIsRefusedBeforeAnythingIsWritten) {
 
 }  // namespace
 }  // namespace llt
+
+namespace llt {
+namespace {
+
+TEST(Finetune, NonFiniteLossStopsWithStatusNan) {
+  auto o = base_options("nan");
+  o.lora.rank = 0;
+  o.optim.lr = 1e30;  // full fine-tuning at an absurd rate: activations overflow within a few steps
+  o.train.max_steps = 12;
+  EXPECT_EQ(run_finetune(o), 4);
+  const auto s = summary(o);
+  EXPECT_EQ(s["status"], "nan");
+  EXPECT_LT(s["steps"].get<int64_t>(), 12);
+}
+
+}  // namespace
+}  // namespace llt

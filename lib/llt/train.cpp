@@ -597,9 +597,13 @@ int run_finetune(const FinetuneToolOptions& o) {
       const auto tensors = optimizer.tensors();
       const bool found_inf = scaler.unscale(tensors);
       const double grad_norm = clip_grad_norm(tensors, o.optim.grad_clip);
-      if (!std::isfinite(loss) && !scaler.enabled()) {
+      // Without fp16 loss scaling nothing can recover from non-finite values: stop before the
+      // optimizer writes them into the weights.
+      if (!scaler.enabled() && (!std::isfinite(loss) || found_inf)) {
         status = "nan";
-        error = "loss is " + std::to_string(loss) + " at step " + std::to_string(state.step + 1);
+        error = "non-finite " + std::string(std::isfinite(loss) ? "gradients" : "loss") +
+                " at step " + std::to_string(state.step + 1) + " (loss " + std::to_string(loss) +
+                "); lower --lr or use --grad-clip";
         code = static_cast<int>(ExitCode::kNonFinite);
         break;
       }
