@@ -26,6 +26,7 @@
 #include "llt/recompute.h"
 #include "llt/runtime.h"
 #include "llt/safetensors.h"
+#include "llt/version.h"
 #include "llt/optim.h"
 #include "llt/memory.h"
 
@@ -504,8 +505,8 @@ void write_summary(const Run& r, const FinetuneToolOptions& o, const TrainState&
       {"data", o.data},
       {"n_layers", r.loaded.args.n_layers},
       {"command_line", o.command_line},
-      {"git_sha", LLT_GIT_SHA},
-      {"llt_version", LLT_VERSION},
+      {"git_sha", git_sha()},
+      {"llt_version", llt_version()},
   };
   write_file_atomic(r.dir / "summary.json", j.dump(1), /*overwrite=*/true);
 }
@@ -526,7 +527,8 @@ int run_finetune(const FinetuneToolOptions& o) {
   Run r = prepare_run(o);
   fs::create_directories(r.dir / "checkpoints");
   write_file_atomic(r.dir / "config.toml",
-                    "# llt-finetune " LLT_VERSION ", git " LLT_GIT_SHA "\n" + o.config_text,
+                    std::string("# llt-finetune ") + llt_version() + ", git " + git_sha() + "\n" +
+                        o.config_text,
                     /*overwrite=*/true);
 
   AdamW optimizer(r.params.trainable, o.optim);
