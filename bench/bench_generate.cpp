@@ -7,6 +7,7 @@
 #include <vector>
 
 #include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
@@ -29,7 +30,37 @@ struct BenchOptions {
   int64_t batch = 1;
   int threads = 1;
   int repeats = 1;
+  bool profile_forward = false;
 };
+
+// Why the KV cache's gain is bounded: the time of one full forward at each length T (what the
+// no-cache path pays at step T) beside one cached single-token step at position T.
+void profile_forward(llt::TransformerImpl& model, const BenchOptions& o) {
+  c10::InferenceMode inference;
+  const auto opts = model.tok_embeddings->weight.options();
+  for (int64_t t : {1, 8, 32, 64, 128, 256}) {
+    const auto tokens = at::randint(3, 300, {1, t}, at::kLong).to(opts.device());
+    auto time_it = [&](auto&& fn) {
+      fn();  // warm-up
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int r = 0; r < o.repeats; ++r) fn();
+      return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() /
+             o.repeats;
+    };
+    const double full = time_it([&] { model.forward(tokens); });
+    auto cache = llt::KVCache::allocate(model.args(), 1, t + 1, opts);
+    model.forward(tokens, &cache);
+    const double step = time_it([&] {
+      cache.length = t;
+      model.forward(tokens.slice(1, 0, 1), &cache);
+    });
+    std::cout << nlohmann::json({{"profile", "forward"}, {"T", t}, {"full_forward_s", full},
+                                 {"cached_step_s", step}, {"ratio", full / step},
+                                 {"dtype", o.dtype}, {"threads", o.threads}})
+                     .dump()
+              << std::endl;
+  }
+}
 
 llt::Transformer make_model(const BenchOptions& o, const c10::Device& device,
                             at::ScalarType dtype) {
@@ -63,12 +94,18 @@ int main(int argc, char** argv) {
   app.add_option("--batch", o.batch, "Sequences decoded together");
   app.add_option("--threads", o.threads, "Intra-op threads");
   app.add_option("--repeats", o.repeats, "Timed repetitions (the best is reported)");
+  app.add_flag("--profile-forward", o.profile_forward,
+               "Time one full forward vs one cached step at several lengths, then exit");
   CLI11_PARSE(app, argc, argv);
   try {
     llt::configure_threads(o.threads);
     const auto device = llt::resolve_device(o.device);
     const auto dtype = llt::resolve_dtype(o.dtype, device);
     auto model = make_model(o, device, dtype);
+    if (o.profile_forward) {
+      profile_forward(*model, o);
+      return 0;
+    }
     std::vector<int64_t> prompt = {1};
     for (int64_t i = 1; i < o.prompt_len; ++i) prompt.push_back(100 + 7 * i % 300);
     const std::vector<std::vector<int64_t>> prompts(o.batch, prompt);
