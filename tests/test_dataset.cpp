@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 #include <unistd.h>
 
+#include "test_support.h"
 #include "llt/dataset.h"
 #include "llt/errors.h"
 #include "llt/io.h"
@@ -22,29 +23,14 @@
 
 namespace {
 
+using llt::testing::fresh_dir;
+
 namespace fs = std::filesystem;
 using nlohmann::json;
 
 const fs::path kSource = LLT_SOURCE_DIR;
 const fs::path kLlama2 = kSource / "assets/tokenizers/llama2/tokenizer.model";
 
-// A per-process folder, removed at exit: CTest runs each test of this file as its own process,
-// maybe in parallel with the others.
-struct TempRoot {
-  fs::path path = fs::temp_directory_path() / ("llt_test_dataset_" + std::to_string(getpid()));
-  ~TempRoot() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
-
-fs::path fresh_dir(const std::string& name) {
-  static const TempRoot root;
-  const auto dir = root.path / name;
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
 
 // Records [0, 280) of the shipped Alpaca sample (284 is the first bad one), tokenized once for
 // all tests, in 3 shards.

@@ -13,31 +13,17 @@
 #include <nlohmann/json.hpp>
 #include <unistd.h>
 
+#include "test_support.h"
 #include "llt/errors.h"
 #include "llt/io.h"
 #include "llt/shards.h"
 
 namespace {
 
+using llt::testing::fresh_dir;
+
 namespace fs = std::filesystem;
 
-// A per-process folder, removed at exit: CTest runs each test of this file as its own process,
-// maybe in parallel with the others.
-struct TempRoot {
-  fs::path path = fs::temp_directory_path() / ("llt_test_shards_" + std::to_string(getpid()));
-  ~TempRoot() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
-
-fs::path fresh_dir(const std::string& name) {
-  static const TempRoot root;
-  const auto dir = root.path / name;
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
 
 template <typename Fn>
 void expect_input_error(Fn body, const std::vector<std::string>& needles) {

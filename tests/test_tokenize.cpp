@@ -15,6 +15,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "test_support.h"
 #include "llt/alpaca.h"
 #include "llt/encode_cache.h"
 #include "llt/errors.h"
@@ -25,6 +26,12 @@
 #include "llt/tokenizer.h"
 
 namespace {
+
+using llt::testing::fresh_dir;
+
+llt::testing::ToolRun run(const std::string& args) {
+  return llt::testing::run_tool("llt-tokenize " + args);
+}
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -51,23 +58,6 @@ const llt::AlpacaFile& alpaca() {
   return file;
 }
 
-// A per-process folder, removed at exit: CTest runs each test of this file as its own process,
-// maybe in parallel with the others.
-struct TempRoot {
-  fs::path path = fs::temp_directory_path() / ("llt_test_tokenize_" + std::to_string(getpid()));
-  ~TempRoot() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
-
-fs::path fresh_dir(const std::string& name) {
-  static const TempRoot root;
-  const auto dir = root.path / name;
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
 
 llt::TokenizeToolOptions options(const fs::path& output) {
   llt::TokenizeToolOptions o;
@@ -581,21 +571,6 @@ TEST(LltTokenize, ExistingOutputIsRefusedUnlessOverwrite) {
 
 // ----- the binary
 
-struct Run {
-  int code = -1;
-  std::string output;  // stdout and stderr together
-};
-
-Run run(const std::string& args) {
-  const std::string cmd = std::string(LLT_BINARY_DIR) + "/bin/llt-tokenize " + args + " 2>&1";
-  Run r;
-  FILE* pipe = popen(cmd.c_str(), "r");
-  std::array<char, 4096> buf{};
-  while (size_t n = fread(buf.data(), 1, buf.size(), pipe)) r.output.append(buf.data(), n);
-  const int status = pclose(pipe);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
 
 int count_lines(const std::string& s) {
   return static_cast<int>(std::count(s.begin(), s.end(), '\n'));

@@ -11,38 +11,23 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "test_support.h"
 #include "llt/io.h"
 
 namespace {
 
+using llt::testing::fresh_dir;
+
+using llt::testing::run_tool;
+llt::testing::ToolRun run(const std::string& args) { return run_tool(args); }
+
 namespace fs = std::filesystem;
 
-struct Run {
-  int code = -1;
-  std::string output;  // stdout and stderr together
-};
-
-Run run(const std::string& args) {
-  const std::string cmd = std::string(LLT_BINARY_DIR) + "/bin/" + args + " 2>&1";
-  Run r;
-  FILE* pipe = popen(cmd.c_str(), "r");
-  std::array<char, 4096> buf{};
-  while (size_t n = fread(buf.data(), 1, buf.size(), pipe)) r.output.append(buf.data(), n);
-  const int status = pclose(pipe);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
 
 const std::string kStories = std::string(LLT_SOURCE_DIR) + "/assets/models/stories260K";
 const std::string kGenerate = "llt-generate --model " + kStories + "/stories260K.bin --tokenizer " +
                               kStories + "/tok512.model --threads 1 ";
 
-fs::path fresh_dir(const std::string& name) {
-  const auto dir = fs::temp_directory_path() / ("llt_test_tools_" + name);
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
 
 int count_lines(const std::string& s) {
   int n = 0;

@@ -1,0 +1,51 @@
+// Helpers shared by the test files: scratch folders and running the built tools.
+#pragma once
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <system_error>
+
+namespace llt::testing {
+
+// `name` inside a per-process scratch folder (CTest runs each test as its own process, maybe in
+// parallel), emptied now and removed with the whole folder when the process exits.
+inline std::filesystem::path fresh_dir(const std::string& name) {
+  struct Root {
+    std::filesystem::path path = std::filesystem::temp_directory_path() /
+                                 ("llt_test_" + std::to_string(getpid()));
+    ~Root() {
+      std::error_code ignored;
+      std::filesystem::remove_all(path, ignored);
+    }
+  };
+  static const Root root;
+  const auto dir = root.path / name;
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+struct ToolRun {
+  int code = -1;
+  std::string output;  // stdout and stderr together
+};
+
+// Runs `command_line` (a built tool's name and its arguments, resolved in the build's bin/
+// folder) through the shell and returns its exit code and output.
+inline ToolRun run_tool(const std::string& command_line) {
+  const std::string cmd = std::string(LLT_BINARY_DIR) + "/bin/" + command_line + " 2>&1";
+  ToolRun r;
+  FILE* pipe = popen(cmd.c_str(), "r");
+  std::array<char, 4096> buf{};
+  while (size_t n = fread(buf.data(), 1, buf.size(), pipe)) r.output.append(buf.data(), n);
+  const int status = pclose(pipe);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+}  // namespace llt::testing
