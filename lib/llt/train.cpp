@@ -597,8 +597,12 @@ int run_finetune(const FinetuneToolOptions& o) {
       const double loss_sum = accumulate_gradients(r, o, w, scaler, mark);
       const double loss = loss_sum / static_cast<double>(w.label_tokens);
       const auto tensors = optimizer.tensors();
-      const bool found_inf = scaler.unscale(tensors);
+      // fp16 loss scaling unscales and scans every gradient for inf/nan. Without it, a
+      // non-finite gradient shows in the global norm computed anyway: the scan (an isfinite
+      // copy of every gradient) cost ~1.1 s a step, 15%, in full fine-tuning of the 7B shape.
+      bool found_inf = scaler.enabled() && scaler.unscale(tensors);
       const double grad_norm = clip_grad_norm(tensors, o.optim.grad_clip);
+      if (!scaler.enabled()) found_inf = !std::isfinite(grad_norm);
       // Without fp16 loss scaling nothing can recover from non-finite values: stop before the
       // optimizer writes them into the weights.
       if (!scaler.enabled() && (!std::isfinite(loss) || found_inf)) {
