@@ -23,6 +23,7 @@
 
 namespace {
 
+using llt::testing::expect_input_error;
 using llt::testing::fresh_dir;
 
 namespace fs = std::filesystem;
@@ -62,17 +63,6 @@ const json& goldens() {
   return g;
 }
 
-template <typename Fn>
-void expect_input_error(Fn body, const std::vector<std::string>& needles) {
-  try {
-    body();
-    ADD_FAILURE() << "expected llt::InputError";
-  } catch (const llt::InputError& e) {
-    const std::string what = e.what();
-    for (const auto& needle : needles) EXPECT_NE(what.find(needle), std::string::npos) << what;
-    EXPECT_EQ(what.find('\n'), std::string::npos) << "one line: " << what;
-  }
-}
 
 // ----- opening
 

@@ -9,6 +9,11 @@
 #include <filesystem>
 #include <string>
 #include <system_error>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "llt/errors.h"
 
 namespace llt::testing {
 
@@ -46,6 +51,22 @@ inline ToolRun run_tool(const std::string& command_line) {
   const int status = pclose(pipe);
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return r;
+}
+
+// Runs `body`, expecting an llt::InputError whose one-line message contains every needle;
+// returns the message ("" if none was thrown).
+template <typename Fn>
+std::string expect_input_error(Fn body, const std::vector<std::string>& needles) {
+  try {
+    body();
+    ADD_FAILURE() << "expected llt::InputError";
+  } catch (const llt::InputError& e) {
+    const std::string what = e.what();
+    for (const auto& needle : needles) EXPECT_NE(what.find(needle), std::string::npos) << what;
+    EXPECT_EQ(what.find('\n'), std::string::npos) << "one line: " << what;
+    return what;
+  }
+  return "";
 }
 
 }  // namespace llt::testing

@@ -27,6 +27,7 @@
 
 namespace {
 
+using llt::testing::expect_input_error;
 using llt::testing::fresh_dir;
 
 llt::testing::ToolRun run(const std::string& args) {
@@ -67,19 +68,6 @@ llt::TokenizeToolOptions options(const fs::path& output) {
   return o;
 }
 
-template <typename Fn>
-std::string expect_input_error(Fn body, const std::vector<std::string>& needles) {
-  try {
-    body();
-    ADD_FAILURE() << "expected llt::InputError";
-  } catch (const llt::InputError& e) {
-    const std::string what = e.what();
-    for (const auto& needle : needles) EXPECT_NE(what.find(needle), std::string::npos) << what;
-    EXPECT_EQ(what.find('\n'), std::string::npos) << "one line: " << what;
-    return what;
-  }
-  return "";
-}
 
 // Every shard of a dataset directory, concatenated in manifest order.
 llt::ShardData read_all(const fs::path& dir) {
