@@ -14,6 +14,8 @@
 #include "llt/errors.h"
 #include "llt/lora.h"
 #include "llt/memory.h"
+#include "llt/model.h"
+#include "llt/optim.h"
 #include "llt/recompute.h"
 
 namespace llt {
@@ -93,6 +95,37 @@ TEST(MemoryEstimate, SevenBillionLoraAndFull) {
   EXPECT_EQ(full.parameters, 6'738'415'616LL * 4);
   EXPECT_EQ(full.gradients, 6'738'415'616LL * 4);
   EXPECT_EQ(full.optimizer_state, 6'738'415'616LL * 8);
+}
+
+// The optimizer step's transient, counted: one AdamW step over a full model (state already
+// created by a first step) peaks at the estimate's two temporaries of the largest parameter.
+TEST_F(Memory, OptimizerTemporariesMatchTheCountedStep) {
+  ModelArgs args = preset_args("tiny");
+  args.vocab_size = 512;  // the embedding table is the largest parameter
+  Transformer model(args, at::TensorOptions().dtype(at::kFloat));
+  model->init_random(3);
+  NamedParameters params;
+  for (const auto& item : model->named_parameters()) params.emplace_back(item.key(), item.value());
+  OptimOptions oo;
+  AdamW optimizer(params, oo);
+  auto fill_grads = [&] {
+    for (auto& [name, p] : params) p.mutable_grad() = at::ones_like(p);
+  };
+  fill_grads();
+  optimizer.step(1e-3);  // creates the moments
+  fill_grads();
+  const int64_t before = host_memory_stats().current;
+  reset_host_peak();
+  optimizer.step(1e-3);
+  const int64_t transient = host_memory_stats().peak - before;
+  MemoryEstimateOptions o;
+  o.lora.rank = 0;
+  const auto estimate = estimate_training_memory(args, o);
+  EXPECT_EQ(estimate.optimizer_temporaries, 2 * 4 * args.vocab_size * args.dim);
+  EXPECT_GE(transient, estimate.optimizer_temporaries);
+  EXPECT_LT(transient, estimate.optimizer_temporaries + 64 * 1024);  // allocator alignment only
+  o.lora.rank = 16;  // LoRA on wq, wv: the largest adapter matrix, B of wq (dim x r) or A
+  EXPECT_EQ(estimate_training_memory(args, o).optimizer_temporaries, 2 * 4 * 16 * args.dim);
 }
 
 TEST(MemoryEstimate, CheckpointingOrdersActivations) {

@@ -269,6 +269,25 @@ MemorySample sample_memory(const c10::Device& device) {
 // ---------------------------------------------------------------------------------------------
 // Estimate
 
+namespace {
+
+// Elements of the largest trainable parameter: an adapter matrix for LoRA, else the largest
+// weight (the embedding table or output projection, an FFN or an attention matrix).
+int64_t largest_trainable_parameter(const ModelArgs& args, const LoraOptions& lora) {
+  const int64_t d = args.dim, kvd = args.kv_heads() * args.head_dim(), f = args.ffn_hidden();
+  if (lora.rank == 0) return std::max({args.vocab_size * d, f * d, d * d, kvd * d});
+  int64_t largest = 0;
+  for (const auto& name : lora.targets) {
+    const bool kv = name == "wk" || name == "wv";
+    const bool ffn = name == "w1" || name == "w2" || name == "w3";
+    const int64_t other = kv ? kvd : ffn ? f : d;  // the side that is not dim
+    largest = std::max(largest, lora.rank * std::max(d, other));
+  }
+  return largest;
+}
+
+}  // namespace
+
 MemoryBreakdown estimate_training_memory(const ModelArgs& args, const MemoryEstimateOptions& o) {
   if (o.precision != "fp32" && o.precision != "bf16" && o.precision != "fp16") {
     throw InputError("--precision: expected fp32, bf16 or fp16, got '" + o.precision + "'");
@@ -286,6 +305,9 @@ MemoryBreakdown estimate_training_memory(const ModelArgs& args, const MemoryEsti
   m.parameters = full ? total_params * 4 : total_params * dtype_bytes(o.base_dtype) + trainable * 4;
   m.gradients = trainable * 4;
   m.optimizer_state = trainable * 8;
+  // torch::optim::AdamW computes denom = (exp_avg_sq.sqrt() / c).add_(eps): two fp32 temporaries
+  // the size of the parameter, alive together (the +13% seen on full fp32 fine-tuning).
+  m.optimizer_temporaries = 2 * 4 * largest_trainable_parameter(args, o.lora);
 
   const double b = static_cast<double>(o.batch), t = static_cast<double>(o.seq_len);
   Sizes s;

@@ -5,6 +5,7 @@
 // instead), and an analytic estimate of training memory to compare them with.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -73,8 +74,13 @@ struct MemoryBreakdown {
   int64_t activations = 0;      // held at the end of the forward: saved for backward, logits
                                 // and their fp32 log-probabilities
   int64_t recompute = 0;        // checkpointing: one recomputed block's activations in backward
+  int64_t optimizer_temporaries = 0;  // AdamW's step: sqrt(exp_avg_sq) and its quotient, both
+                                      // the size of the parameter being updated (the largest one)
+  // The peak: what stays allocated, plus the larger of the two transients (the backward's
+  // activations, or the optimizer step's temporaries; they are never alive together).
   int64_t total() const {
-    return parameters + gradients + optimizer_state + activations + recompute;
+    return parameters + gradients + optimizer_state +
+           std::max(activations + recompute, optimizer_temporaries);
   }
 };
 

@@ -284,11 +284,18 @@ void TransformerImpl::init_random(uint64_t seed) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
   for (auto& item : named_parameters(/*recurse=*/true)) {
     auto& p = item.value();
-    const auto f32 = torch::TensorOptions().dtype(torch::kFloat);
-    // Draw on the CPU in fp32 so values do not depend on the target device/dtype.
-    auto values = p.dim() == 1 ? 1.0 + 0.1 * at::normal(0.0, 1.0, p.sizes(), gen, f32)
-                               : 0.02 * at::normal(0.0, 1.0, p.sizes(), gen, f32);
-    p.copy_(values);
+    // Draw on the CPU in fp32 so values do not depend on the target device/dtype, and in place:
+    // straight into an fp32 CPU parameter, else through one fp32 buffer (a 7B embedding table is
+    // 524 MB, and out-of-place arithmetic held two such temporaries at load).
+    const bool direct = p.device().is_cpu() && p.scalar_type() == torch::kFloat;
+    auto values = direct ? p : at::empty(p.sizes(), torch::TensorOptions().dtype(torch::kFloat));
+    values.normal_(0.0, 1.0, gen);
+    if (p.dim() == 1) {
+      values.mul_(0.1).add_(1.0);
+    } else {
+      values.mul_(0.02);
+    }
+    if (!direct) p.copy_(values);
   }
 }
 

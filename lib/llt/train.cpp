@@ -463,6 +463,8 @@ nlohmann::json breakdown_json(const MemoryBreakdown& b) {
           {"gradients", b.gradients},
           {"optimizer_state", b.optimizer_state},
           {"activations", b.activations},
+          {"recompute", b.recompute},
+          {"optimizer_temporaries", b.optimizer_temporaries},
           {"total", b.total()}};
 }
 
@@ -486,6 +488,13 @@ void write_summary(const Run& r, const FinetuneToolOptions& o, const TrainState&
       {"total_parameters", r.params.total_count},
       {"device", r.device.str()},
       {"precision", o.train.precision},
+      // The techniques of the seed's Table 2 grid, so llt-report needs no other file.
+      {"grad_accum", o.train.grad_accum},
+      {"batch_size", o.train.batch_size},
+      {"lora_rank", o.lora.rank},
+      {"grad_checkpoint", o.recompute.grad_checkpoint},
+      {"base_dtype", dtype_name(o.lora.rank > 0 ? r.base_dtype : r.param_dtype)},
+      {"dim", r.loaded.args.dim},
       {"peak_allocated", monitor.peak_allocated()},
       {"peak_reserved", monitor.peak_reserved()},
       {"peak_allocated_training", monitor.training_peak_allocated()},  // steps only, no loading
