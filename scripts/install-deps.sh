@@ -9,10 +9,16 @@ packages=(
   # libraries
   libtorch-dev libsentencepiece-dev libhdf5-dev libcli11-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev
+  # c10d's Gloo headers: data-parallel CPU runs (lib/llt/distributed); without them, 1 process
+  libgloo-dev
   # an optimized BLAS for libtorch at run time (~30x faster fp32 matmul than the reference BLAS)
   libopenblas0-openmp
+  # llt-report's plots (gnuplot's pngcairo terminal; fonts come with libcairo2's fontconfig)
+  gnuplot-nox
   # fixtures, goldens and the Python side of the benchmarks (never on the run-time path)
   python3-torch python3-sentencepiece python3-h5py python3-numpy
+  # a real one-node SLURM for the sbatch templates' tests (tests/slurm/)
+  slurmctld slurmd slurm-client munge
 )
 
 missing=()

@@ -18,6 +18,7 @@
 #include "llt/generate_tool.h"
 #include "llt/io.h"
 #include "llt/tokenizer.h"
+#include "test_support.h"
 
 namespace llt {
 namespace {
@@ -155,6 +156,47 @@ TEST(PromptsFile, TextLinesAndJsonl) {
   EXPECT_EQ(parsed[0].prompt, "hello");
   EXPECT_EQ(parsed[1].input, "1 and 2");
   EXPECT_EQ(apply_template(parsed[1], "alpaca"), format_alpaca_prompt("Add", "1 and 2"));
+}
+
+TEST(PromptsFile, PerRecordTemplateOverridesTheFlag) {
+  const auto jsonl = temp_file(
+      "t.jsonl",
+      "{\"prompt\": \"raw\", \"template\": \"none\"}\n{\"instruction\": \"Add\", "
+      "\"template\": \"alpaca\"}\n{\"instruction\": \"Sub\"}\n");
+  const auto parsed = read_prompts_file(jsonl.string());
+  ASSERT_EQ(parsed.size(), 3u);
+  EXPECT_EQ(apply_template(parsed[0], "alpaca"), "raw");
+  EXPECT_EQ(apply_template(parsed[1], "none"), format_alpaca_prompt("Add", ""));
+  EXPECT_EQ(apply_template(parsed[2], "none"), "Sub");  // no field: the flag decides
+  EXPECT_EQ(apply_template(parsed[2], "alpaca"), format_alpaca_prompt("Sub", ""));
+  // The demo's prompts: the seed's four raw, then held-out Alpaca instructions templated.
+  const auto demo =
+      read_prompts_file(std::string(LLT_SOURCE_DIR) + "/assets/data/demo_prompts.jsonl");
+  ASSERT_EQ(demo.size(), 7u);
+  EXPECT_EQ(apply_template(demo[0], "none"), "I believe the meaning of life is");
+  EXPECT_EQ(apply_template(demo[4], "none").rfind("Below is an instruction", 0), 0u);
+  const auto bad = temp_file("u.jsonl", "{\"prompt\": \"x\", \"template\": \"chatml\"}\n");
+  EXPECT_THROW(read_prompts_file(bad.string()), InputError);
+}
+
+TEST(PromptsFile, SeedPromptsObject) {
+  // The shipped copy of the seed's prompts: an object with a "prompts" array, prompts spanning
+  // lines (meta-llama/llama example_text_completion.py's strings, 8-space indents kept).
+  const auto seed = read_prompts_file(std::string(LLT_SOURCE_DIR) + "/assets/data/seed_prompts.json");
+  ASSERT_EQ(seed.size(), 4u);
+  EXPECT_EQ(seed[0].prompt, "I believe the meaning of life is");
+  EXPECT_EQ(seed[1].prompt, "Simply put, the theory of relativity states that ");
+  EXPECT_EQ(seed[3].prompt.substr(0, 38), "Translate English to French:\n        \n");
+  const auto records = temp_file(
+      "f.json", "{\"prompts\": [\"plain\", {\"instruction\": \"Add\", \"input\": \"1 and 2\"}]}");
+  const auto parsed = read_prompts_file(records.string());
+  ASSERT_EQ(parsed.size(), 2u);
+  EXPECT_EQ(parsed[0].prompt, "plain");
+  EXPECT_EQ(parsed[1].input, "1 and 2");
+  const auto bad = temp_file("g.json", "{\"prompts\": [\"ok\", 3]}");
+  testing::expect_input_error([&] { read_prompts_file(bad.string()); }, {"g.json", "prompts[1]"});
+  const auto empty = temp_file("h.json", "{\"prompts\": []}");
+  testing::expect_input_error([&] { read_prompts_file(empty.string()); }, {"h.json", "'prompts'"});
 }
 
 TEST(PromptsFile, BadRecordsNameTheLine) {

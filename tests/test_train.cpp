@@ -164,6 +164,12 @@ TEST(Finetune, FullFineTuningTrainsEveryParameter) {
   EXPECT_EQ(s["trainable_parameters"], s["total_parameters"]);
   EXPECT_EQ(s["total_parameters"], 260032);
   EXPECT_GT(s["memory_breakdown"]["optimizer_state"].get<int64_t>(), 2 * 4 * 260000);
+  // Writing the checkpoint is timed apart from the steps: runtime_s + saving_s = wall_s.
+  EXPECT_GT(s["saving_s"].get<double>(), 0);
+  EXPECT_NEAR(s["runtime_s"].get<double>() + s["saving_s"].get<double>(),
+              s["wall_s"].get<double>(), 1e-9);
+  EXPECT_EQ(s["lora_rank"], 0);
+  EXPECT_EQ(s["grad_checkpoint"], "none");
 }
 
 TEST(Finetune, Bf16WithCheckpointingRuns) {

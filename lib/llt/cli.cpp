@@ -88,8 +88,9 @@ GenerateToolOptions parse_generate(int argc, char** argv) {
   add_sampling_options(app, o.sampling);
   app.add_option("--prompt", o.prompts, "A prompt (repeatable)");
   app.add_option("--prompts-file", o.prompts_file,
-                 "Prompts: one per line, or JSONL records with \"prompt\" or "
-                 "\"instruction\"/\"input\"")
+                 "Prompts: one per line, JSONL records with \"prompt\" or "
+                 "\"instruction\"/\"input\", or a JSON object with a \"prompts\" array "
+                 "(assets/data/seed_prompts.json)")
       ->check(CLI::ExistingFile);
   app.add_option("--template", o.template_name, "Wrap prompts: none | alpaca (stanford_alpaca)")
       ->check(CLI::IsMember({"none", "alpaca"}))
@@ -216,9 +217,102 @@ FinetuneToolOptions parse_finetune(int argc, char** argv) {
       ->check(CLI::IsMember({"none", "block", "every-k", "ffn"}))->capture_default_str();
   app.add_option("--grad-checkpoint-every", r.grad_checkpoint_every, "K of every-k")
       ->check(CLI::PositiveNumber)->capture_default_str();
+  auto& d = o.dist;  // data parallelism; unset values come from srun's or torchrun's environment
+  app.add_option("--world-size", d.world_size,
+                 "Processes (0: WORLD_SIZE, else SLURM_STEP_NUM_TASKS under srun, else 1)")
+      ->check(CLI::NonNegativeNumber)->capture_default_str();
+  // Per process, so never read from a shared --config file (nor written to config.toml).
+  app.add_option("--rank", d.rank, "This process's rank (-1: RANK, else SLURM_PROCID)")
+      ->check(CLI::Range(int64_t{-1}, int64_t{1} << 20))->configurable(false);
+  app.add_option("--dist-init", d.init,
+                 "Rendezvous: file:///SHARED/PATH or tcp://HOST:PORT (default: MASTER_ADDR, "
+                 "else the first host of the SLURM step)");
+  app.add_option("--dist-port", d.port,
+                 "Port of the default rendezvous (0: MASTER_PORT, else from SLURM_JOB_ID)")
+      ->check(CLI::Range(0, 65535))->capture_default_str();
+  app.add_option("--dist-timeout", d.timeout, "Seconds to wait for the other processes")
+      ->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--dist-bucket-mb", d.bucket_mb, "MiB of gradients per all-reduce")
+      ->check(CLI::PositiveNumber)->capture_default_str();
   parse_or_exit(app, argc, argv);
   o.config_text = app.config_to_str(/*default_also=*/true, /*write_description=*/false);
   o.command_line = command_line(argc, argv);
+  return o;
+}
+
+PerplexityToolOptions parse_perplexity(int argc, char** argv) {
+  // CLI::PositiveNumber's message prints the whole double range; say it plainly.
+  const CLI::Validator positive(
+      [](std::string& value) -> std::string {
+        size_t used = 0;
+        try {
+          if (std::stoll(value, &used) >= 1 && used == value.size()) return "";
+        } catch (const std::exception&) {
+        }
+        return "expected a positive integer, got '" + value + "'";
+      },
+      "POSITIVE");
+  PerplexityToolOptions o;
+  CLI::App app{"Perplexity of a LLaMA model (with --adapter, or merged) over an llt-tokenize "
+               "dataset or a text file.",
+               "llt-perplexity"};
+  add_config_option(app);
+  add_model_options(app, o.model);
+  app.get_option("--tokenizer")
+      ->description("SentencePiece model: tokenizes --text (default: tokenizer.model beside the "
+                    "checkpoint); with --data, checked against the shards' tokenizer");
+  auto* data = app.add_option("--data", o.data, "Dataset directory from llt-tokenize")
+                   ->check(CLI::ExistingDirectory);
+  auto* text = app.add_option("--text", o.text, "UTF-8 text file, tokenized whole with BOS")
+                   ->check(CLI::ExistingFile)
+                   ->excludes(data);
+  app.add_option("--output", o.output, "Folder for perplexity.json (created if missing)")
+      ->required();
+  app.add_option("--tokens", o.tokens,
+                 "With --data: labels (response tokens, as trained) | all (every token after "
+                 "the first)")
+      ->check(CLI::IsMember({"labels", "all"}))
+      ->excludes(text)
+      ->capture_default_str();
+  app.add_option("--window", o.window, "With --text: tokens per window (default: max_seq_len)")
+      ->check(positive)
+      ->excludes(data);
+  app.add_option("--stride", o.stride, "With --text: tokens between windows (default: --window)")
+      ->check(positive)
+      ->excludes(data);
+  app.add_option("--batch-size", o.batch_size, "Samples (or windows) per forward")
+      ->check(positive)
+      ->capture_default_str();
+  app.add_option("--per-sample", o.per_sample,
+                 "JSONL file: index, tokens, nll_sum, mean_nll per sample (or window)");
+  app.add_flag("--overwrite", o.overwrite, "Replace perplexity.json and the --per-sample file");
+  parse_or_exit(app, argc, argv);
+  if (o.data.empty() && o.text.empty()) {
+    std::cerr << app.get_name() << ": error: give --data DIR or --text FILE\n";
+    throw Exit{1};
+  }
+  o.command_line = command_line(argc, argv);
+  return o;
+}
+
+ReportToolOptions parse_report(int argc, char** argv) {
+  ReportToolOptions o;
+  CLI::App app{"Tables (the seed's Table 1 and Table 2), plots and a before/after sheet from run "
+               "folders (llt-finetune, llt-generate, llt-perplexity outputs).",
+               "llt-report"};
+  add_config_option(app);
+  app.add_option("runs", o.runs, "Run folders (summary.json, metrics.jsonl, memory.jsonl, "
+                 "generations.jsonl, perplexity.json)")
+      ->required()
+      ->check(CLI::ExistingDirectory);
+  app.add_option("--output", o.output, "Report folder: table1/table2 .md/.csv, before_after.md, "
+                 "plots/")
+      ->required();
+  app.add_flag("--overwrite", o.overwrite, "Replace report files already in --output");
+  app.add_flag("--no-plots", o.no_plots, "Write the tables and sheet only (no gnuplot needed)");
+  app.add_option("--gnuplot", o.gnuplot, "gnuplot program (a name on PATH or a path)")
+      ->capture_default_str();
+  parse_or_exit(app, argc, argv);
   return o;
 }
 

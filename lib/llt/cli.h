@@ -24,6 +24,12 @@ TokenizeToolOptions parse_tokenize(int argc, char** argv);
 // Throws Exit.
 FinetuneToolOptions parse_finetune(int argc, char** argv);
 
+// Parses llt-perplexity's command line; fills command_line. Throws Exit.
+PerplexityToolOptions parse_perplexity(int argc, char** argv);
+
+// Parses llt-report's command line. Throws Exit.
+ReportToolOptions parse_report(int argc, char** argv);
+
 // The command line as one shell-quoted string (recorded in outputs such as manifest.json).
 std::string command_line(int argc, char** argv);
 

@@ -5,6 +5,13 @@
 //     deprecated the old ones.
 //   - c10::Allocator: 1.13 declares `DataPtr allocate(size_t) const`; 2.3 dropped the const and
 //     added a pure virtual `copy_data`.
+//   - c10d (distributed.cpp only, the one file compiled with USE_C10D_GLOO / USE_C10D_NCCL): in
+//     1.13 ProcessGroupGloo and ProcessGroupNCCL derive from c10d::ProcessGroup; 2.0 moved the
+//     collectives into c10d::Backend, which they derive from instead, and made ProcessGroup a
+//     dispatcher over backends. llt holds the backend object itself and calls its virtual
+//     collectives, whose signatures did not change. Options: 1.13 takes the timeout in
+//     ProcessGroupGloo::Options::create, NCCL's create takes only a stream priority; both keep a
+//     `timeout` member, which is what llt sets.
 #pragma once
 
 #include <cstddef>
@@ -15,6 +22,24 @@
 #include <c10/core/DeviceType.h>
 #include <c10/core/ScalarType.h>
 #include <torch/version.h>
+
+#if defined(LLT_WITH_GLOO) || defined(LLT_WITH_NCCL)
+#include <torch/csrc/distributed/c10d/FileStore.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/csrc/distributed/c10d/Types.hpp>
+#include <torch/csrc/distributed/c10d/Work.hpp>
+#if TORCH_VERSION_MAJOR >= 2
+#include <torch/csrc/distributed/c10d/Backend.hpp>
+#else
+#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+#endif
+#endif
+#ifdef LLT_WITH_GLOO
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#endif
+#ifdef LLT_WITH_NCCL
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
 
 #define LLT_TORCH_AT_LEAST(major, minor) \
   (TORCH_VERSION_MAJOR > (major) ||      \
@@ -76,5 +101,14 @@ struct AllocatorBase : c10::Allocator {
   // Pure virtual in 2.3+ (used by Allocator::clone); unused by 1.13.
   void copy_data(void* dest, const void* src, size_t count) const { std::memcpy(dest, src, count); }
 };
+
+// c10d: see the note at the top. Only distributed.cpp defines LLT_WITH_GLOO / LLT_WITH_NCCL.
+#if defined(LLT_WITH_GLOO) || defined(LLT_WITH_NCCL)
+#if LLT_TORCH_AT_LEAST(2, 0)
+using CollectiveBackend = c10d::Backend;
+#else
+using CollectiveBackend = c10d::ProcessGroup;
+#endif
+#endif
 
 }  // namespace llt::compat

@@ -8,17 +8,9 @@
 #include <ATen/core/Tensor.h>
 
 #include "llt/model.h"
+#include "llt/options.h"  // SamplingOptions
 
 namespace llt {
-
-// How the next token is chosen.
-struct SamplingOptions {
-  double temperature = 0.0;      // 0 = greedy (argmax); > 0 scales logits before softmax
-  int64_t top_k = 0;             // keep the k most likely tokens; 0 = off
-  double top_p = 1.0;            // nucleus: smallest set with cumulative probability >= p; 1 = off
-  uint64_t seed = 0;             // seeds the sampler's generator (unused when greedy)
-  int64_t max_new_tokens = 128;  // generated tokens per prompt, at most
-};
 
 struct GenerateOptions {
   SamplingOptions sampling;

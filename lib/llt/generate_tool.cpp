@@ -1,6 +1,7 @@
 #include "llt/generate_tool.h"
 
 #include <iostream>
+#include <optional>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -33,7 +34,35 @@ bool parse_prompt_json(const std::string& line, const std::string& where, Prompt
     field("instruction", record.prompt, true);
     field("input", record.input, false);
   }
+  field("template", record.template_name, false);
+  if (!record.template_name.empty() && record.template_name != "none" &&
+      record.template_name != "alpaca") {
+    throw InputError(where + ": field 'template': expected none or alpaca, got '" +
+                     record.template_name + "'");
+  }
   return true;
+}
+
+// The seed's prompt file (assets/data/seed_prompts.json): one JSON object whose "prompts" array
+// holds strings or prompt records. nullopt if the file is not such an object.
+std::optional<std::vector<PromptRecord>> parse_prompts_object(const std::string& text,
+                                                              const std::string& path) {
+  const auto j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object() || !j.contains("prompts")) return std::nullopt;
+  const auto& list = j["prompts"];
+  if (!list.is_array() || list.empty()) {
+    throw InputError(path + ": field 'prompts': expected a non-empty array of prompts");
+  }
+  std::vector<PromptRecord> records(list.size());
+  for (size_t i = 0; i < list.size(); ++i) {
+    const std::string where = path + ": prompts[" + std::to_string(i) + "]";
+    if (list[i].is_string()) {
+      records[i].prompt = list[i].get<std::string>();
+    } else if (!parse_prompt_json(list[i].dump(), where, records[i])) {
+      throw InputError(where + ": expected a string or a JSON object with \"prompt\"");
+    }
+  }
+  return records;
 }
 
 std::string utf8_completion(const Tokenizer& tokenizer, const std::vector<int64_t>& prompt_ids,
@@ -52,7 +81,9 @@ std::string utf8_completion(const Tokenizer& tokenizer, const std::vector<int64_
 }  // namespace
 
 std::vector<PromptRecord> read_prompts_file(const std::string& path) {
-  std::istringstream in(read_file(path));
+  const std::string text = read_file(path);
+  if (auto records = parse_prompts_object(text, path)) return *records;
+  std::istringstream in(text);
   std::vector<std::string> lines;
   for (std::string line; std::getline(in, line);) {
     if (!line.empty() && line.back() == '\r') line.pop_back();
@@ -74,7 +105,9 @@ std::vector<PromptRecord> read_prompts_file(const std::string& path) {
   return records;
 }
 
-std::string apply_template(const PromptRecord& record, const std::string& template_name) {
+std::string apply_template(const PromptRecord& record, const std::string& default_template) {
+  const std::string& template_name =
+      record.template_name.empty() ? default_template : record.template_name;
   if (template_name == "alpaca") return format_alpaca_prompt(record.prompt, record.input);
   if (!record.input.empty()) return record.prompt + "\n" + record.input;
   return record.prompt;

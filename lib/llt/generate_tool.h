@@ -12,14 +12,17 @@ namespace llt {
 struct PromptRecord {
   std::string prompt;       // text prompt, or the instruction of an Alpaca record
   std::string input;        // Alpaca `input` (JSONL records only), may be empty
+  std::string template_name;  // JSON "template": none | alpaca for this record; "" = --template
 };
 
-// Reads --prompts-file: JSONL when every non-empty line is a JSON object with "prompt" or
-// "instruction" (+ optional "input"), else one prompt per non-empty line. Throws InputError
-// naming the file and line.
+// Reads --prompts-file: a JSON object with a "prompts" array (the seed's seed_prompts.json);
+// JSONL when every non-empty line is a JSON object with "prompt" or "instruction" (+ optional
+// "input", and "template" to override --template for that record); else one prompt per
+// non-empty line. Throws InputError naming the file and line.
 std::vector<PromptRecord> read_prompts_file(const std::string& path);
 
-// The text fed to the model for one record under `template_name` ("none" | "alpaca").
+// The text fed to the model for one record under its own template if it names one, else
+// `template_name` ("none" | "alpaca").
 std::string apply_template(const PromptRecord& record, const std::string& template_name);
 
 // Runs llt-generate end to end; returns the process exit code. Throws llt::Error on bad input.

@@ -6,9 +6,16 @@
 #include <string>
 #include <vector>
 
-#include "llt/generate.h"
-
 namespace llt {
+
+// How the next token is chosen.
+struct SamplingOptions {
+  double temperature = 0.0;      // 0 = greedy (argmax); > 0 scales logits before softmax
+  int64_t top_k = 0;             // keep the k most likely tokens; 0 = off
+  double top_p = 1.0;            // nucleus: smallest set with cumulative probability >= p; 1 = off
+  uint64_t seed = 0;             // seeds the sampler's generator (unused when greedy)
+  int64_t max_new_tokens = 128;  // generated tokens per prompt, at most
+};
 
 // Which model to run, where and how.
 struct ModelOptions {
@@ -33,6 +40,33 @@ struct GenerateToolOptions {
   int64_t batch_size = 8;            // --batch-size: prompts decoded together
   std::string output;                // --output: JSONL file, one record per prompt
   bool overwrite = false;            // --overwrite: replace an existing --output file
+};
+
+// llt-perplexity (lib/llt/perplexity_tool): mean NLL and perplexity of a model over a dataset's
+// samples or a text file's sliding windows.
+struct PerplexityToolOptions {
+  ModelOptions model;          // --model, --tokenizer (needed for --text), --adapter, --dtype ...
+  std::string data;            // --data: an llt-tokenize directory (with manifest.json)
+  std::string text;            // --text: a UTF-8 text file, tokenized whole with BOS at the start
+  std::string tokens = "labels";  // --tokens (--data): labels (response only) | all
+  int64_t window = 0;          // --window (--text): tokens per forward; 0 = the model's max_seq_len
+  int64_t stride = 0;          // --stride (--text): tokens between window starts; 0 = --window
+  int64_t batch_size = 1;      // --batch-size: samples (or windows) per forward
+  std::string per_sample;      // --per-sample: JSONL file, one record per sample or window
+  std::string output;          // --output: folder for perplexity.json (usually a run folder)
+  bool overwrite = false;      // --overwrite: replace perplexity.json and --per-sample
+  std::string command_line;    // as typed
+};
+
+// llt-report (lib/llt/report): run folders -> the seed's Table 1 and Table 2, plots, and a
+// before/after sheet of completions and perplexity.
+struct ReportToolOptions {
+  std::vector<std::string> runs;    // RUN_DIR...: llt-finetune run folders, or folders holding
+                                    //   only generations.jsonl / perplexity.json (an evaluation)
+  std::string output;               // --output: report folder (created; DIR/plots/ for plots)
+  bool overwrite = false;           // --overwrite: replace report files already in --output
+  bool no_plots = false;            // --no-plots: tables and sheet only (gnuplot not needed)
+  std::string gnuplot = "gnuplot";  // --gnuplot: the gnuplot program, a name on PATH or a path
 };
 
 // llt-tokenize (lib/llt/tokenize_tool): Alpaca JSON/JSONL -> HDF5 shards (DESIGN.md "Shards").
@@ -93,12 +127,26 @@ struct TrainOptions {
   double memory_cap_gb = 0;   // --memory-cap-gb: CPU allocation cap (tests the OOM path); 0 = off
 };
 
+// Data parallelism (lib/llt/distributed; its header says which environment variables fill what
+// the flags leave unset: srun's SLURM_*, torchrun's WORLD_SIZE/RANK/MASTER_ADDR/MASTER_PORT).
+struct DistributedOptions {
+  int64_t world_size = 0;  // --world-size: processes in the run; 0 = from the environment, else 1
+  int64_t rank = -1;       // --rank: this process, 0..world-size-1; -1 = from RANK / SLURM_PROCID
+  std::string init;        // --dist-init: file:///SHARED/PATH | tcp://HOST:PORT; "" = from env
+  int64_t port = 0;        // --dist-port: port of a rendezvous derived from the environment;
+                           //   0 = MASTER_PORT, else 16384 + SLURM_JOB_ID % 16384, else 29500
+  double timeout = 600;    // --dist-timeout: seconds to wait for the others (rendezvous or a
+                           //   collective) before failing; NCCL's own default, 10 minutes
+  double bucket_mb = 25;   // --dist-bucket-mb: MiB per gradient all-reduce (PyTorch DDP's 25)
+};
+
 struct FinetuneToolOptions {
   ModelOptions model;         // --model, --device, --dtype (trainable params), --threads, --n-layers
   LoraOptions lora;
   OptimOptions optim;
   RecomputeOptions recompute;
   TrainOptions train;
+  DistributedOptions dist;    // --world-size, --rank, --dist-*
   std::string data;           // --data: an llt-tokenize directory (with manifest.json)
   std::string output;         // --output: the run folder (refused if it exists, but --resume auto)
   std::string config_text;    // the resolved options as TOML (written to the run folder)

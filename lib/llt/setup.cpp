@@ -18,13 +18,10 @@ std::filesystem::path find_tokenizer(const ModelOptions& options) {
   throw InputError(options.model + ": no tokenizer.model beside the model; pass --tokenizer");
 }
 
-ModelSetup setup_model(const ModelOptions& options) {
+InferenceModel load_inference_model(const ModelOptions& options) {
   const int threads = configure_threads(options.threads);
   const auto device = resolve_device(options.device);
   const auto dtype = resolve_dtype(options.dtype, device);
-  const auto tokenizer_path = find_tokenizer(options);
-  auto tokenizer = Tokenizer::load(tokenizer_path);
-
   const auto started = std::chrono::steady_clock::now();
   LoadOptions load;
   load.device = device;
@@ -35,15 +32,23 @@ ModelSetup setup_model(const ModelOptions& options) {
   loaded.model->eval();  // no LoRA dropout at inference
   const double load_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  return InferenceModel{std::move(loaded), device, dtype, threads, load_seconds};
+}
 
-  const int64_t model_vocab = loaded.args.vocab_size;
-  if (tokenizer.vocab_size() > model_vocab) {
+ModelSetup setup_model(const ModelOptions& options) {
+  resolve_dtype(options.dtype, resolve_device(options.device));  // bad flags before files
+  const auto tokenizer_path = find_tokenizer(options);
+  auto tokenizer = Tokenizer::load(tokenizer_path);
+  ModelSetup setup{load_inference_model(options), std::move(tokenizer)};
+
+  const int64_t model_vocab = setup.loaded.args.vocab_size;
+  if (setup.tokenizer.vocab_size() > model_vocab) {
     throw InputError(tokenizer_path.string() + ": tokenizer has " +
-                     std::to_string(tokenizer.vocab_size()) + " pieces but the model at " +
+                     std::to_string(setup.tokenizer.vocab_size()) + " pieces but the model at " +
                      options.model + " has vocab_size " + std::to_string(model_vocab) +
                      "; wrong --tokenizer?");
   }
-  return ModelSetup{std::move(loaded), std::move(tokenizer), device, dtype, threads, load_seconds};
+  return setup;
 }
 
 }  // namespace llt

@@ -10,13 +10,17 @@
 
 namespace llt {
 
-struct ModelSetup {
+// A model ready for inference: on its device, in its compute dtype, adapter applied, eval mode.
+struct InferenceModel {
   LoadedModel loaded;
-  Tokenizer tokenizer;
   c10::Device device{c10::kCPU};
   c10::ScalarType dtype = c10::kFloat;
   int threads = 1;
   double load_seconds = 0;
+};
+
+struct ModelSetup : InferenceModel {
+  Tokenizer tokenizer;
 };
 
 // The tokenizer to use: --tokenizer if given, else `tokenizer.model` in the model directory (or
@@ -24,7 +28,11 @@ struct ModelSetup {
 std::filesystem::path find_tokenizer(const ModelOptions& options);
 
 // Configures threads, resolves device/dtype, loads the model (straight into device and dtype)
-// and the tokenizer, and checks the tokenizer's vocabulary fits the model's. Throws InputError.
+// and applies --adapter; no tokenizer (for input that is already tokenized). Throws InputError.
+InferenceModel load_inference_model(const ModelOptions& options);
+
+// load_inference_model plus the tokenizer, checking the tokenizer's vocabulary fits the
+// model's. Throws InputError.
 ModelSetup setup_model(const ModelOptions& options);
 
 }  // namespace llt

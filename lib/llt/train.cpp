@@ -12,6 +12,8 @@
 #include <iostream>
 #include <sstream>
 
+#include <unistd.h>
+
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <nlohmann/json.hpp>
@@ -20,6 +22,7 @@
 #include "llt/amp.h"
 #include "llt/checkpoint.h"
 #include "llt/dataset.h"
+#include "llt/distributed.h"
 #include "llt/errors.h"
 #include "llt/io.h"
 #include "llt/lora.h"
@@ -92,6 +95,7 @@ struct TrainState {
   DataPosition data;      // the sampler's position after `step`
   LossScalerState scaler;
   double elapsed_s = 0;   // training wall time so far
+  double saving_s = 0;    // of elapsed_s: writing checkpoints and adapters
   int64_t tokens = 0;
   int64_t label_tokens = 0;
   int64_t samples = 0;
@@ -135,8 +139,11 @@ fs::path latest_checkpoint(const fs::path& checkpoints) {
   return best;
 }
 
+// `rank_rng_states`: in a data-parallel run, every rank's generator state (hex, in rank order),
+// so each rank resumes its own dropout stream; empty for one process.
 void save_checkpoint(const fs::path& checkpoints, const TrainState& state,
-                     const ParameterSplit& params, const AdamW& optimizer) {
+                     const ParameterSplit& params, const AdamW& optimizer, int world_size,
+                     const std::vector<std::string>& rank_rng_states) {
   const fs::path final_dir = checkpoints / ("step-" + std::to_string(state.step));
   const fs::path tmp = final_dir.string() + ".tmp";
   fs::remove_all(tmp);
@@ -145,8 +152,9 @@ void save_checkpoint(const fs::path& checkpoints, const TrainState& state,
   for (const auto& [name, p] : params.trainable) tensors.emplace_back(name, p.detach().cpu());
   write_safetensors(tmp / "trainable.safetensors", tensors, {});
   optimizer.save(tmp / "optimizer.safetensors");
-  const nlohmann::json j = {
+  nlohmann::json j = {
       {"format", "llt-train-state-v1"},
+      {"world_size", world_size},  // the cursor counts this many ranks' batches
       {"step", state.step},
       {"epoch", state.data.epoch},
       {"cursor", state.data.cursor},
@@ -154,11 +162,13 @@ void save_checkpoint(const fs::path& checkpoints, const TrainState& state,
       {"good_steps", state.scaler.good_steps},
       {"skipped_steps", state.scaler.skipped_steps},
       {"elapsed_s", state.elapsed_s},
+      {"saving_s", state.saving_s},
       {"tokens", state.tokens},
       {"label_tokens", state.label_tokens},
       {"samples", state.samples},
       {"rng_state", to_hex(at::detail::getDefaultCPUGenerator().get_state())},
   };
+  if (!rank_rng_states.empty()) j["rank_rng_states"] = rank_rng_states;
   write_file_atomic(tmp / "state.json", j.dump(1), /*overwrite=*/true);
   fs::remove_all(final_dir);
   fs::rename(tmp, final_dir);
@@ -167,11 +177,20 @@ void save_checkpoint(const fs::path& checkpoints, const TrainState& state,
   }
 }
 
-TrainState load_checkpoint(const fs::path& dir, const ParameterSplit& params, AdamW& optimizer) {
+// Every rank of a data-parallel run loads the checkpoint rank 0 wrote.
+TrainState load_checkpoint(const fs::path& dir, const ParameterSplit& params, AdamW& optimizer,
+                           const DistributedConfig& dist) {
   const fs::path state_file = dir / "state.json";
   const auto j = nlohmann::json::parse(read_file(state_file), nullptr, false);
   if (!j.is_object() || j.value("format", "") != "llt-train-state-v1") {
     throw InputError(state_file.string() + ": not an llt training state (format)");
+  }
+  const int saved_world = j.value("world_size", 1);
+  if (saved_world != dist.world_size) {
+    throw InputError(state_file.string() + ": world_size " + std::to_string(saved_world) +
+                     ", this run has " + std::to_string(dist.world_size) +
+                     " processes; resume with the same number (the data position counts "
+                     "per-rank batches)");
   }
   SafetensorsFile reader(dir / "trainable.safetensors");
   torch::NoGradGuard no_grad;
@@ -190,11 +209,15 @@ TrainState load_checkpoint(const fs::path& dir, const ParameterSplit& params, Ad
     state.data = {j.at("epoch"), j.at("cursor")};
     state.scaler = {j.at("scale"), j.at("good_steps"), j.at("skipped_steps")};
     state.elapsed_s = j.at("elapsed_s");
+    state.saving_s = j.value("saving_s", 0.0);
     state.tokens = j.at("tokens");
     state.label_tokens = j.at("label_tokens");
     state.samples = j.at("samples");
+    const std::string rng = dist.world_size > 1
+                                ? j.at("rank_rng_states").at(dist.rank).get<std::string>()
+                                : j.at("rng_state").get<std::string>();
     auto generator = at::detail::getDefaultCPUGenerator();
-    generator.set_state(from_hex(j.at("rng_state").get<std::string>(), state_file.string()));
+    generator.set_state(from_hex(rng, state_file.string()));
   } catch (const nlohmann::json::exception& e) {
     throw InputError(state_file.string() + ": " + e.what());
   }
@@ -240,6 +263,7 @@ struct Run {
   LoadedModel loaded;
   ParameterSplit params;
   int64_t pad_id = 0;
+  DistributedConfig dist;  // world size 1 unless data-parallel
 };
 
 // Where a run starts: the checkpoint to resume from, or none. Refuses an existing run folder
@@ -276,11 +300,12 @@ void check_precision(const Run& r, const FinetuneToolOptions& o) {
   }
 }
 
-Run prepare_run(const FinetuneToolOptions& o) {
+Run prepare_run(const FinetuneToolOptions& o, const DistributedConfig& dist) {
   Run r;
   r.dir = o.output;
+  r.dist = dist;
   configure_threads(o.model.threads);
-  r.device = resolve_device(o.model.device);
+  r.device = device_for_rank(resolve_device(o.model.device), dist);
   r.param_dtype = resolve_dtype(o.model.dtype, r.device);
   r.base_dtype = o.train.base_dtype.empty() ? r.param_dtype
                                             : resolve_dtype(o.train.base_dtype, r.device);
@@ -308,6 +333,8 @@ Run prepare_run(const FinetuneToolOptions& o) {
   } else {
     for (auto& p : model.parameters()) p.set_requires_grad(true);
   }
+  // Data parallel: the same LoRA init everywhere (above), then a dropout stream per rank.
+  if (dist.rank > 0) at::manual_seed(o.train.seed + static_cast<uint64_t>(dist.rank));
   model.train();
   r.params = split_parameters(model);
   return r;
@@ -319,6 +346,18 @@ struct Window {
   int64_t label_tokens = 0;
   int64_t samples = 0;
 };
+
+// What one optimizer step consumed: one window, or the sum of every rank's window.
+struct StepTotals {
+  int64_t tokens = 0;
+  int64_t label_tokens = 0;  // the loss's denominator (--loss-normalization tokens)
+  int64_t samples = 0;
+  int64_t batches = 0;
+};
+
+StepTotals window_totals(const Window& w) {
+  return {w.tokens, w.label_tokens, w.samples, static_cast<int64_t>(w.batches.size())};
+}
 
 // The next optimizer step's micro-batches: up to grad_accum, never across an epoch's end.
 Window next_window(BatchSampler& sampler, const Run& r, int64_t grad_accum) {
@@ -336,10 +375,11 @@ Window next_window(BatchSampler& sampler, const Run& r, int64_t grad_accum) {
 }
 
 // Forward and backward of one window; returns the summed label-token loss (fp32, unscaled).
+// The loss is normalised by `totals` (the window's own, or all ranks' in a data-parallel run).
 // `mark(phase)` is called after the first micro-batch's forward and backward (memory.jsonl's
 // phase marks); pass an empty function after the first step.
 double accumulate_gradients(Run& r, const FinetuneToolOptions& o, const Window& w,
-                            const LossScaler& scaler,
+                            const StepTotals& totals, const LossScaler& scaler,
                             const std::function<void(const std::string&)>& mark) {
   auto& model = *r.loaded.model;
   double loss_sum = 0;
@@ -355,15 +395,81 @@ double accumulate_gradients(Run& r, const FinetuneToolOptions& o, const Window& 
     const auto sum = label_token_loss_sum(logits, batch.labels.to(r.device));
     if (mark && &batch == &w.batches.front()) mark("after_first_forward");
     // tokens: every label token of the window weighs the same, so N micro-batches of 1 give the
-    // gradient of one batch of N. micro-batch: the seed's mean per micro-batch, averaged.
+    // gradient of one batch of N (and W ranks with N each, that of one rank with W * N).
+    // micro-batch: the seed's mean per micro-batch, averaged.
     const double denom = o.train.loss_normalization == "tokens"
-                             ? static_cast<double>(w.label_tokens)
-                             : static_cast<double>(batch.label_tokens * w.batches.size());
+                             ? static_cast<double>(totals.label_tokens)
+                             : static_cast<double>(batch.label_tokens * totals.batches);
     scaler.scale(sum / denom).backward();
     if (mark && &batch == &w.batches.front()) mark("after_first_backward");
     loss_sum += sum.item<double>();
   }
   return loss_sum;
+}
+
+bool is_out_of_memory(const std::string& what) {
+  return what.find("out of memory") != std::string::npos ||
+         what.find("can't allocate memory") != std::string::npos;
+}
+
+// Runs `body`; returns "" or the message of the out-of-memory error it threw (other errors
+// propagate).
+template <typename Fn>
+std::string out_of_memory_in(Fn&& body) {
+  try {
+    body();
+  } catch (const OutOfMemoryError& e) {
+    return e.what();
+  } catch (const c10::Error& e) {
+    const std::string what = e.what_without_backtrace();
+    if (!is_out_of_memory(what)) throw;
+    return what.substr(0, what.find('\n'));
+  }
+  return "";
+}
+
+// One optimizer step's forward and backward on every rank of a data-parallel run.
+struct ParallelStep {
+  StepTotals totals;     // every rank's windows together
+  double loss_sum = 0;   // every rank's summed label-token loss
+  std::string oom;       // this rank's out-of-memory message, if it ran out
+  int64_t oom_ranks = 0;  // ranks that ran out of memory: all stop when any did
+  bool stop = false;     // some rank was asked to stop (SIGUSR1/SIGTERM): all stop after this step
+};
+
+// The ranks agree, in two small all-reduces, first on the global window's totals (the loss is
+// normalised by all ranks' label tokens), then on the loss and on whether any rank ran out of
+// memory or was asked to stop; then, unless one ran out, they sum the gradients. Every rank makes
+// the same collectives in the same order whatever happened locally, so none waits forever.
+ParallelStep data_parallel_step(ProcessGroup& group, BatchSampler& sampler, Run& r,
+                                const FinetuneToolOptions& o, const LossScaler& scaler,
+                                const std::vector<at::Tensor>& trainable,
+                                const std::function<void(const std::string&)>& mark) {
+  ParallelStep s;
+  Window w;
+  s.oom = out_of_memory_in([&] { w = next_window(sampler, r, o.train.grad_accum); });
+  const StepTotals mine = window_totals(w);
+  const auto totals = group.sum({static_cast<double>(mine.tokens),
+                                 static_cast<double>(mine.label_tokens),
+                                 static_cast<double>(mine.samples),
+                                 static_cast<double>(mine.batches), s.oom.empty() ? 0.0 : 1.0});
+  s.totals = {static_cast<int64_t>(totals[0]), static_cast<int64_t>(totals[1]),
+              static_cast<int64_t>(totals[2]), static_cast<int64_t>(totals[3])};
+  double loss_sum = 0;
+  if (totals[4] == 0) {
+    s.oom = out_of_memory_in(
+        [&] { loss_sum = accumulate_gradients(r, o, w, s.totals, scaler, mark); });
+  }
+  const auto agreed = group.sum(
+      {loss_sum, s.oom.empty() ? 0.0 : 1.0, g_stop_requested.load() ? 1.0 : 0.0});
+  s.loss_sum = agreed[0];
+  s.oom_ranks = static_cast<int64_t>(std::max(totals[4], agreed[1]));
+  s.stop = agreed[2] > 0;
+  if (s.oom_ranks == 0) {
+    group.all_reduce_gradients(trainable,
+                               static_cast<int64_t>(o.dist.bucket_mb * 1024 * 1024));
+  }
+  return s;
 }
 
 }  // namespace
@@ -412,8 +518,8 @@ class MemoryMonitor {
 
 // The run's log files and the state they summarise.
 struct Logs {
-  JsonlWriter metrics;
-  JsonlWriter memory;
+  std::optional<JsonlWriter> metrics;  // rank 0 only
+  JsonlWriter memory;                  // every rank: memory.jsonl, memory.rank<N>.jsonl
   MemoryMonitor monitor;
 };
 
@@ -437,6 +543,30 @@ std::string format_bytes(int64_t bytes) {
   s << std::fixed << std::setprecision(1) << bytes / (1024.0 * 1024.0) << " MB";
   return s.str();
 }
+
+// A live progress bar on stdout when it is a terminal (after every step, redrawn in place and
+// erased before each log line); nothing at all when stdout is a file, so batch logs stay clean.
+class ProgressBar {
+ public:
+  explicit ProgressBar(bool enabled) : enabled_(enabled && isatty(STDOUT_FILENO) == 1) {}
+  void draw(int64_t step, int64_t last, const std::string& eta) {
+    if (!enabled_) return;
+    constexpr int kWidth = 30;
+    const auto filled = static_cast<int>(kWidth * step / std::max<int64_t>(1, last));
+    std::cout << "\r[" << std::string(filled, '#') << std::string(kWidth - filled, '.') << "] "
+              << step << "/" << last << "  eta " << eta << std::flush;
+    drawn_ = true;
+  }
+  void erase() {
+    if (!enabled_ || !drawn_) return;
+    std::cout << "\r\033[K" << std::flush;
+    drawn_ = false;
+  }
+
+ private:
+  bool enabled_;
+  bool drawn_ = false;
+};
 
 std::string format_duration(double seconds) {
   const auto s = static_cast<int64_t>(seconds);
@@ -474,6 +604,7 @@ void write_summary(const Run& r, const FinetuneToolOptions& o, const TrainState&
   const MemorySample m = monitor.sample();
   const int64_t optimizer_bytes = optimizer != nullptr ? optimizer->state_bytes() : 0;
   const int64_t static_bytes = r.params.parameter_bytes + grad_bytes + optimizer_bytes;
+  const double runtime_s = std::max(0.0, state.elapsed_s - state.saving_s);
   nlohmann::json j = {
       {"status", status},
       {"error", error},
@@ -481,12 +612,17 @@ void write_summary(const Run& r, const FinetuneToolOptions& o, const TrainState&
       {"samples", state.samples},
       {"tokens", state.tokens},
       {"label_tokens", state.label_tokens},
-      {"runtime_s", state.elapsed_s},
-      {"samples_per_s", state.elapsed_s > 0 ? state.samples / state.elapsed_s : 0.0},
-      {"tokens_per_s", state.elapsed_s > 0 ? state.tokens / state.elapsed_s : 0.0},
+      // runtime_s: the training steps' wall time (what Table 2 compares); writing checkpoints
+      // and adapters (gigabytes for full fine-tuning) is saving_s; wall_s is both.
+      {"runtime_s", runtime_s},
+      {"saving_s", state.saving_s},
+      {"wall_s", state.elapsed_s},
+      {"samples_per_s", runtime_s > 0 ? state.samples / runtime_s : 0.0},
+      {"tokens_per_s", runtime_s > 0 ? state.tokens / runtime_s : 0.0},
       {"trainable_parameters", r.params.trainable_count},
       {"total_parameters", r.params.total_count},
       {"device", r.device.str()},
+      {"world_size", r.dist.world_size},  // data-parallel processes (tokens, samples: all ranks')
       {"precision", o.train.precision},
       // The techniques of the seed's Table 2 grid, so llt-report needs no other file.
       {"grad_accum", o.train.grad_accum},
@@ -531,14 +667,25 @@ int64_t gradient_bytes(const ParameterSplit& params) {
 }  // namespace
 
 int run_finetune(const FinetuneToolOptions& o) {
+  // Data parallel (lib/llt/distributed.h): every rank checks the flags and the run folder, then
+  // all join; only then does rank 0 create the folder. Rank 0 writes what the run shares.
+  const DistributedConfig dist = resolve_distributed_config(o.dist, process_environment());
+  const bool lead = dist.rank == 0;
   const fs::path resume_from = resolve_resume(o);
+  std::unique_ptr<ProcessGroup> group;
+  if (dist.world_size > 1) {
+    group = std::make_unique<ProcessGroup>(
+        dist, device_for_rank(resolve_device(o.model.device), dist), o.dist.timeout);
+  }
   install_host_memory_counter();  // before the model loads, so its bytes are counted
-  Run r = prepare_run(o);
+  Run r = prepare_run(o, dist);
   fs::create_directories(r.dir / "checkpoints");
-  write_file_atomic(r.dir / "config.toml",
-                    std::string("# llt-finetune ") + llt_version() + ", git " + git_sha() + "\n" +
-                        o.config_text,
-                    /*overwrite=*/true);
+  if (lead) {
+    write_file_atomic(r.dir / "config.toml",
+                      std::string("# llt-finetune ") + llt_version() + ", git " + git_sha() +
+                          "\n" + o.config_text,
+                      /*overwrite=*/true);
+  }
 
   AdamW optimizer(r.params.trainable, o.optim);
   LossScalerOptions scaler_options;
@@ -547,8 +694,12 @@ int run_finetune(const FinetuneToolOptions& o) {
   SamplerOptions sampling;
   sampling.batch_size = o.train.batch_size;
   sampling.shuffle = o.train.shuffle == "on";
-  sampling.seed = o.train.seed;
+  sampling.seed = o.train.seed;  // the same permutation on every rank ...
+  sampling.rank = dist.rank;     // ... of which rank r takes samples r, r + W, r + 2W ...
+  sampling.world_size = dist.world_size;
   BatchSampler sampler(*r.data, sampling);
+  // Per rank: so one step of W ranks with accumulation A consumes the window of one process
+  // with accumulation W * A (every rank has the same number of batches per epoch).
   const int64_t steps_per_epoch =
       (sampler.batches_per_epoch() + o.train.grad_accum - 1) / o.train.grad_accum;
   const int64_t total_steps = o.train.epochs * steps_per_epoch;  // the schedule's length
@@ -556,35 +707,68 @@ int run_finetune(const FinetuneToolOptions& o) {
 
   TrainState state;
   if (!resume_from.empty()) {
-    state = load_checkpoint(resume_from, r.params, optimizer);
+    state = load_checkpoint(resume_from, r.params, optimizer, dist);
     sampler.set_position(state.data);
     scaler.load_state(state.scaler);
-    std::cerr << "llt-finetune: resumed from " << resume_from.string() << " at step "
-              << state.step << "\n";
+    if (lead) {
+      std::cerr << "llt-finetune: resumed from " << resume_from.string() << " at step "
+                << state.step << "\n";
+    }
   }
   const int64_t first_step = state.step;
-  truncate_metrics(r.dir / "metrics.jsonl", state.step);
-  Logs logs{JsonlWriter(r.dir / "metrics.jsonl", /*append=*/true),
-            JsonlWriter(r.dir / "memory.jsonl", /*append=*/!resume_from.empty()),
+  if (lead) truncate_metrics(r.dir / "metrics.jsonl", state.step);
+  Logs logs{lead ? std::optional<JsonlWriter>(std::in_place, r.dir / "metrics.jsonl",
+                                              /*append=*/true)
+                 : std::nullopt,
+            JsonlWriter(r.dir / (lead ? std::string("memory.jsonl")
+                                      : "memory.rank" + std::to_string(dist.rank) + ".jsonl"),
+                        /*append=*/!resume_from.empty()),
             MemoryMonitor(r.device)};
   if (o.train.memory_cap_gb > 0) logs.monitor.set_cap(static_cast<int64_t>(o.train.memory_cap_gb * 1e9));
-  std::cerr << "llt-finetune: " << r.params.trainable_count << " trainable of "
-            << r.params.total_count << " parameters ("
-            << std::setprecision(3) << 100.0 * r.params.trainable_count / r.params.total_count
-            << "%), " << sampler.batches_per_epoch() << " micro-batches per epoch, "
-            << total_steps << " steps in the schedule, training to step " << last_step << "\n";
-  const MemoryBreakdown estimate = estimate_run_memory(r, o);
-  std::cerr << "llt-finetune: memory estimate for the longest batch: parameters "
-            << format_bytes(estimate.parameters) << ", gradients " << format_bytes(estimate.gradients)
-            << ", optimizer " << format_bytes(estimate.optimizer_state) << ", activations "
-            << format_bytes(estimate.activations) << ", total " << format_bytes(estimate.total())
-            << "\n";
+  if (lead) {
+    if (group) {
+      std::cerr << "llt-finetune: data parallel over " << dist.world_size << " processes ("
+                << dist.origin << "), rendezvous " << dist.init << ", "
+                << sampler.batches_per_epoch() << " micro-batches per epoch each\n";
+    }
+    std::cerr << "llt-finetune: " << r.params.trainable_count << " trainable of "
+              << r.params.total_count << " parameters (" << std::setprecision(3)
+              << 100.0 * r.params.trainable_count / r.params.total_count << "%), "
+              << sampler.batches_per_epoch() << " micro-batches per epoch, " << total_steps
+              << " steps in the schedule, training to step " << last_step << "\n";
+    const MemoryBreakdown estimate = estimate_run_memory(r, o);
+    std::cerr << "llt-finetune: memory estimate for the longest batch: parameters "
+              << format_bytes(estimate.parameters) << ", gradients "
+              << format_bytes(estimate.gradients) << ", optimizer "
+              << format_bytes(estimate.optimizer_state) << ", activations "
+              << format_bytes(estimate.activations) << ", recomputed block "
+              << format_bytes(estimate.recompute) << ", optimizer step temporaries "
+              << format_bytes(estimate.optimizer_temporaries) << ", peak "
+              << format_bytes(estimate.total()) << "\n";
+  }
+
+  // A collective in a data-parallel run: every rank's generator goes into rank 0's checkpoint.
+  auto checkpoint = [&] {
+    std::vector<std::string> rank_rng_states;
+    if (group) {
+      for (const auto& t : group->all_gather(at::detail::getDefaultCPUGenerator().get_state())) {
+        rank_rng_states.push_back(to_hex(t));
+      }
+    }
+    if (lead) {
+      const auto t0 = std::chrono::steady_clock::now();
+      save_checkpoint(r.dir / "checkpoints", state, r.params, optimizer, dist.world_size,
+                      rank_rng_states);
+      state.saving_s += seconds_since(t0);
+    }
+  };
 
   std::signal(SIGUSR1, on_stop_signal);
   std::signal(SIGTERM, on_stop_signal);
   const auto started = std::chrono::steady_clock::now();
   const double elapsed_before = state.elapsed_s;
   auto now_s = [&] { return elapsed_before + seconds_since(started); };
+  ProgressBar bar(lead);
   logs.memory.write(memory_record(logs.monitor, state.step, "after_load", now_s()));
   logs.monitor.start_training();
   std::string status = "ok";
@@ -595,7 +779,6 @@ int run_finetune(const FinetuneToolOptions& o) {
     while (state.step < last_step) {
       const auto step_started = std::chrono::steady_clock::now();
       logs.monitor.reset_peak();
-      const Window w = next_window(sampler, r, o.train.grad_accum);
       const bool first = state.step == first_step;
       std::function<void(const std::string&)> mark;
       if (first) {
@@ -603,9 +786,26 @@ int run_finetune(const FinetuneToolOptions& o) {
           logs.memory.write(memory_record(logs.monitor, state.step + 1, phase, now_s()));
         };
       }
-      const double loss_sum = accumulate_gradients(r, o, w, scaler, mark);
-      const double loss = loss_sum / static_cast<double>(w.label_tokens);
       const auto tensors = optimizer.tensors();
+      StepTotals totals;
+      double loss_sum = 0;
+      bool stop_agreed = false;
+      if (group) {
+        const ParallelStep p = data_parallel_step(*group, sampler, r, o, scaler, tensors, mark);
+        if (p.oom_ranks > 0) {
+          status = "oom", code = static_cast<int>(ExitCode::kOutOfMemory);
+          error = (p.oom.empty() ? "out of memory on another rank" : p.oom) + " (" +
+                  std::to_string(p.oom_ranks) + " of " + std::to_string(dist.world_size) +
+                  " ranks ran out of memory at step " + std::to_string(state.step + 1) + ")";
+          break;
+        }
+        totals = p.totals, loss_sum = p.loss_sum, stop_agreed = p.stop;
+      } else {
+        const Window w = next_window(sampler, r, o.train.grad_accum);
+        totals = window_totals(w);
+        loss_sum = accumulate_gradients(r, o, w, totals, scaler, mark);
+      }
+      const double loss = loss_sum / static_cast<double>(totals.label_tokens);
       // fp16 loss scaling unscales and scans every gradient for inf/nan. Without it, a
       // non-finite gradient shows in the global norm computed anyway: the scan (an isfinite
       // copy of every gradient) cost ~1.1 s a step, 15%, in full fine-tuning of the 7B shape.
@@ -613,7 +813,7 @@ int run_finetune(const FinetuneToolOptions& o) {
       const double grad_norm = clip_grad_norm(tensors, o.optim.grad_clip);
       if (!scaler.enabled()) found_inf = !std::isfinite(grad_norm);
       // Without fp16 loss scaling nothing can recover from non-finite values: stop before the
-      // optimizer writes them into the weights.
+      // optimizer writes them into the weights. (Ranks agree: loss and gradients are summed.)
       if (!scaler.enabled() && (!std::isfinite(loss) || found_inf)) {
         status = "nan";
         error = "non-finite " + std::string(std::isfinite(loss) ? "gradients" : "loss") +
@@ -633,34 +833,36 @@ int run_finetune(const FinetuneToolOptions& o) {
       state.step += 1;
       state.data = sampler.position();
       state.scaler = scaler.state();
-      state.tokens += w.tokens;
-      state.label_tokens += w.label_tokens;
-      state.samples += w.samples;
+      state.tokens += totals.tokens;
+      state.label_tokens += totals.label_tokens;
+      state.samples += totals.samples;
       state.elapsed_s = now_s();
       const double step_s = seconds_since(step_started);
-      logs.metrics.write({{"step", state.step}, {"loss", loss}, {"lr", lr},
-                          {"grad_norm", grad_norm}, {"tokens", w.tokens},
-                          {"label_tokens", w.label_tokens}, {"samples", w.samples},
-                          {"tokens_per_s", w.tokens / step_s}, {"step_s", step_s},
-                          {"elapsed_s", state.elapsed_s}, {"skipped", found_inf},
-                          {"loss_scale", scaler.current_scale()}});
+      if (logs.metrics) {
+        logs.metrics->write({{"step", state.step}, {"loss", loss}, {"lr", lr},
+                             {"grad_norm", grad_norm}, {"tokens", totals.tokens},
+                             {"label_tokens", totals.label_tokens}, {"samples", totals.samples},
+                             {"tokens_per_s", totals.tokens / step_s}, {"step_s", step_s},
+                             {"elapsed_s", state.elapsed_s}, {"skipped", found_inf},
+                             {"loss_scale", scaler.current_scale()}});
+      }
       auto mem = memory_record(logs.monitor, state.step, "step", state.elapsed_s);
       mem["gradients"] = grad_bytes;
       mem["optimizer_state"] = optimizer.state_bytes();
       logs.memory.write(mem);
-      if (o.train.log_every > 0 && state.step % o.train.log_every == 0) {
-        const double eta = (last_step - state.step) * seconds_since(started) /
-                           static_cast<double>(state.step - first_step);
+      const double eta = (last_step - state.step) * seconds_since(started) /
+                         static_cast<double>(state.step - first_step);
+      if (lead && o.train.log_every > 0 && state.step % o.train.log_every == 0) {
+        bar.erase();
         std::cout << "step " << state.step << "/" << last_step << "  loss " << std::setprecision(5)
                   << loss << "  lr " << lr << "  grad_norm " << std::setprecision(4) << grad_norm
-                  << "  " << static_cast<int64_t>(w.tokens / step_s) << " tok/s  peak "
+                  << "  " << static_cast<int64_t>(totals.tokens / step_s) << " tok/s  peak "
                   << format_bytes(mem["peak_allocated"].get<int64_t>()) << "  eta "
                   << format_duration(eta) << std::endl;
       }
-      const bool stop = g_stop_requested.load();
-      if ((o.train.save_every > 0 && state.step % o.train.save_every == 0) || stop) {
-        save_checkpoint(r.dir / "checkpoints", state, r.params, optimizer);
-      }
+      if (state.step < last_step) bar.draw(state.step, last_step, format_duration(eta));
+      const bool stop = group ? stop_agreed : g_stop_requested.load();
+      if ((o.train.save_every > 0 && state.step % o.train.save_every == 0) || stop) checkpoint();
       if (stop) {
         status = "preempted";
         code = static_cast<int>(ExitCode::kPreempted);
@@ -668,29 +870,33 @@ int run_finetune(const FinetuneToolOptions& o) {
       }
     }
     if (status == "ok") {
-      save_checkpoint(r.dir / "checkpoints", state, r.params, optimizer);
-      if (o.lora.rank > 0) {
+      checkpoint();
+      if (lead && o.lora.rank > 0) {
+        const auto t0 = std::chrono::steady_clock::now();
         save_adapter(r.dir / "adapter", *r.loaded.model, o.lora);
         export_peft_adapter(r.dir / "adapter-peft", *r.loaded.model, o.lora, o.model.model);
+        state.saving_s += seconds_since(t0);
       }
     }
   } catch (const OutOfMemoryError& e) {
     status = "oom", error = e.what(), code = static_cast<int>(ExitCode::kOutOfMemory);
   } catch (const c10::Error& e) {
     const std::string what = e.what_without_backtrace();
-    if (what.find("out of memory") == std::string::npos &&
-        what.find("can't allocate memory") == std::string::npos) {
-      throw;
-    }
+    if (!is_out_of_memory(what)) throw;
     status = "oom", error = what.substr(0, what.find('\n'));
     code = static_cast<int>(ExitCode::kOutOfMemory);
   }
+  bar.erase();
   logs.monitor.set_cap(0);
   state.elapsed_s = now_s();
-  write_summary(r, o, state, status, error, logs.monitor, &optimizer, held_grad_bytes);
-  if (code != 0) std::cerr << "llt-finetune: " << status << ": " << error << "\n";
-  std::cerr << "llt-finetune: " << status << " after " << state.step << " steps in "
-            << format_duration(state.elapsed_s) << "; run folder " << r.dir.string() << "\n";
+  const std::string who =
+      lead ? "llt-finetune" : "llt-finetune (rank " + std::to_string(dist.rank) + ")";
+  if (code != 0) std::cerr << who << ": " << status << ": " << error << "\n";
+  if (lead) {
+    write_summary(r, o, state, status, error, logs.monitor, &optimizer, held_grad_bytes);
+    std::cerr << "llt-finetune: " << status << " after " << state.step << " steps in "
+              << format_duration(state.elapsed_s) << "; run folder " << r.dir.string() << "\n";
+  }
   return code;
 }
 

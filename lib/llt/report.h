@@ -1,0 +1,117 @@
+// llt-report: reads run folders (llt-finetune's summary.json, metrics.jsonl, memory.jsonl;
+// llt-perplexity's perplexity.json; llt-generate's generations.jsonl) and writes the seed's
+// Table 1 and Table 2 (Markdown + CSV), gnuplot plots and a before/after sheet of completions.
+// No torch here: this reads and writes text.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace llt {
+
+struct ReportToolOptions;  // llt/options.h
+
+// Bytes per kind, as summary.json's memory_breakdown measured them.
+struct MemoryBytes {
+  int64_t parameters = 0;
+  int64_t gradients = 0;
+  int64_t optimizer_state = 0;
+  int64_t activations = 0;  // the step's peak above what stays allocated between steps
+};
+
+// The summary.json fields the tables use (every other field is kept in RunRecord::fields).
+struct RunSummary {
+  std::string status;  // ok | oom | nan | preempted | error
+  int64_t steps = 0;
+  int64_t samples = 0;
+  double runtime_s = 0;                 // the training steps' wall time (no checkpoint writes)
+  int64_t peak_allocated_training = 0;  // bytes: llt's CPU allocator counter, or CUDA's peak
+  std::string device;                   // cpu | cuda:N
+  std::string precision;                // fp32 | bf16 | fp16
+  int64_t grad_accum = 1;
+  int64_t batch_size = 1;
+  int64_t lora_rank = 0;        // 0 = full fine-tuning
+  std::string grad_checkpoint;  // none | block | every-k | ffn
+  std::string base_dtype;
+  int64_t dim = 0;
+  int64_t n_layers = 0;
+  std::string model;
+  std::string git_sha;
+  MemoryBytes breakdown;
+};
+
+struct MetricPoint {  // one line of metrics.jsonl
+  int64_t step = 0;
+  double loss = 0;
+};
+
+struct MemoryPoint {  // one line of memory.jsonl
+  int64_t step = 0;
+  std::string phase;
+  double t = 0;  // seconds since training started
+  int64_t allocated = 0;
+  int64_t rss = 0;
+};
+
+struct GenerationRecord {  // one line of generations.jsonl
+  std::string prompt;
+  std::string completion;
+};
+
+struct PerplexityFigures {  // perplexity.json
+  double mean_nll = 0;
+  double perplexity = 0;
+  int64_t tokens = 0;
+  std::optional<int64_t> samples;
+  std::string over;
+};
+
+// Everything llt-report reads from one run folder.
+struct RunRecord {
+  std::string name;  // the label in tables and plots: the folder's name (its path if not unique)
+  std::filesystem::path dir;
+  std::optional<RunSummary> summary;
+  std::map<std::string, std::string>
+      fields;  // summary.json flattened: "memory_breakdown.gradients"
+  std::vector<MetricPoint> metrics;
+  std::vector<MemoryPoint> memory;
+  std::vector<GenerationRecord> generations;
+  std::optional<PerplexityFigures> perplexity;
+};
+
+// Reads one run folder. Throws InputError if it does not exist, holds none of summary.json,
+// generations.jsonl, perplexity.json, or a file is malformed (naming the file, line and field).
+RunRecord read_run(const std::filesystem::path& dir);
+
+// Reads every folder, in order, and gives each a unique name. Throws InputError as read_run, or
+// if a folder is given twice.
+std::vector<RunRecord> read_runs(const std::vector<std::string>& dirs);
+
+// The seed's Table 2 (peak memory and runtime over GA x MP x LoRA, per checkpointing setting),
+// from the runs with a summary.json: Markdown, and CSV with one row per run and every field.
+std::string table2_markdown(const std::vector<RunRecord>& runs);
+std::string table2_csv(const std::vector<RunRecord>& runs);
+
+// The seed's Table 1, measured: per technique, the change in memory_breakdown and runtime between
+// two ok runs that differ only in that technique. CSV: one row per (pair, quantity).
+std::string table1_markdown(const std::vector<RunRecord>& runs);
+std::string table1_csv(const std::vector<RunRecord>& runs);
+
+// Perplexity per folder, then each prompt found in two or more folders' generations.jsonl with
+// the completions side by side.
+std::string before_after_markdown(const std::vector<RunRecord>& runs);
+
+// The gnuplot data files and scripts (name in DIR/plots/ -> content); each script writes the
+// PNG of the same name when run inside DIR/plots/. A plot without data is left out.
+std::map<std::string, std::string> plot_files(const std::vector<RunRecord>& runs);
+
+// llt-report: reads options.runs, writes the tables, plots and sheet into options.output (all or
+// nothing) and prints where they are. Returns the exit code; throws InputError on bad input, an
+// existing report file (without --overwrite) or a missing gnuplot (without --no-plots).
+int run_report(const ReportToolOptions& options);
+
+}  // namespace llt

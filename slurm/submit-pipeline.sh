@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Submits the whole experiment as one chain of SLURM jobs, each starting only when the one before
+# it ended well (--dependency=afterok):
+#   prep -> smoke-p100 -> finetune-a100 -> eval and generate (with its adapter)
+#                      -> ablation array (Table 2) -> report (after every task, whatever its end)
+# Usage: slurm/submit-pipeline.sh [--cpu-test] [--no-ablation]
+#   --cpu-test     the same templates in their CPU mode, for CI and a local SLURM: the shipped
+#                  260K-parameter model and its tokenizer, --device cpu, fp32, 2 optimizer steps,
+#                  1 core and 1 GB per job, native tools from $LLT_BIN, no modules or container.
+#   --no-ablation  skip the array and the report.
+# Environment: LLT_RESULTS (run folders and logs; default results/), LLT_DATA (the tokenized
+#   dataset; default data/alpaca-llama2; prep is skipped when it exists), LLT_MODEL (the base
+#   model for every job), LLT_ABLATION_ARRAY (default 0-15), SBATCH_ACCOUNT / SBATCH_PARTITION /
+#   ... (sbatch's own), and the templates' (slurm/README.md).
+# The last line printed is `jobs: prep=ID smoke=ID finetune=ID eval=ID generate=ID ablation=ID
+# report=ID` (ID "-" where not submitted).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export LLT_ROOT=$PWD
+
+cpu_test=0 ablation=1
+for arg in "$@"; do
+  case $arg in
+    --cpu-test) cpu_test=1 ;;
+    --no-ablation) ablation=0 ;;
+    *) echo "usage: $0 [--cpu-test] [--no-ablation]" >&2; exit 1 ;;
+  esac
+done
+
+export LLT_RESULTS=${LLT_RESULTS:-$LLT_ROOT/results}
+mkdir -p "$LLT_RESULTS"
+LLT_RESULTS=$(cd "$LLT_RESULTS" && pwd)
+data=${LLT_DATA:-data/alpaca-llama2}
+array=${LLT_ABLATION_ARRAY:-0-15}
+
+# Flags per kind of job; --cpu-test swaps the GPU setup for the tiny model on the CPU.
+sbatch_flags=()
+model=()
+[[ -z ${LLT_MODEL:-} ]] || model=(--model "$LLT_MODEL")
+prep=(--output "$data")
+train=(--data "$data/train")
+grid=(--data "$data/train")  # the ablation sets precision, LoRA and batching per cell
+eval=(--data "$data/eval")
+generate=()
+if ((cpu_test)); then
+  tiny=assets/models/stories260K
+  sbatch_flags=(--cpus-per-task=1 --mem=1G)
+  export LLT_CONTAINER="" LLT_MODULES="" LLT_SAMPLE_EVERY=1
+  model=(--model "$tiny/stories260K.bin" --device cpu)
+  prep+=(--tokenizer "$tiny/tok512.model" --split train=0:200 --split eval=200:232)
+  train+=(--precision fp32 --base-dtype fp32 --max-steps 2)
+  grid+=(--max-steps 2)
+  eval+=(--tokenizer "$tiny/tok512.model" --dtype fp32)
+  generate+=(--tokenizer "$tiny/tok512.model" --dtype fp32 --max-new-tokens 16)
+fi
+
+# sbatch NAME TEMPLATE DEPENDENCY [template arguments]: prints the job id.
+submit() {
+  local name=$1 template=$2 dependency=$3 log
+  shift 3
+  log=$LLT_RESULTS/slurm-%x-%j.out
+  [[ $template != ablation.sbatch ]] || log=$LLT_RESULTS/slurm-%x-%A_%a.out
+  local flags=("${sbatch_flags[@]}" --parsable --output "$log")
+  [[ -z $dependency ]] || flags+=(--dependency="$dependency")
+  [[ $template != ablation.sbatch ]] || flags+=(--array="$array")
+  local id
+  id=$(sbatch "${flags[@]}" "slurm/$template" "$@") ||
+    { echo "sbatch slurm/$template failed" >&2; exit 1; }
+  id=${id%%;*}  # --parsable prints id[;cluster]
+  echo "submitted $name: job $id${dependency:+ (after $dependency)}" >&2
+  echo "$id"
+}
+
+ids=(prep=- smoke=- finetune=- eval=- generate=- ablation=- report=-)
+after_prep=""
+if [[ -f $data/train/manifest.json && -f $data/eval/manifest.json ]]; then
+  echo "dataset $data exists: no prep job" >&2
+else
+  id=$(submit prep prep.sbatch "" "${prep[@]}")
+  ids[0]=prep=$id
+  after_prep=afterok:$id
+fi
+smoke=$(submit smoke smoke-p100.sbatch "$after_prep" "${model[@]}" "${train[@]}")
+ids[1]=smoke=$smoke
+full=$(submit finetune finetune-a100.sbatch "afterok:$smoke" "${model[@]}" "${train[@]}")
+ids[2]=finetune=$full
+adapter=(--adapter "$LLT_RESULTS/$full-finetune-a100/adapter")
+ids[3]=eval=$(submit eval eval.sbatch "afterok:$full" "${model[@]}" "${adapter[@]}" "${eval[@]}")
+ids[4]=generate=$(submit generate generate.sbatch "afterok:$full" \
+  "${model[@]}" "${adapter[@]}" "${generate[@]}")
+if ((ablation)); then
+  # After the smoke test, so a broken setup costs one small job rather than 16 large ones.
+  abl=$(submit ablation ablation.sbatch "afterok:$smoke" "${model[@]}" "${grid[@]}")
+  ids[5]=ablation=$abl
+  # afterany: out-of-memory cells fail by design (exit 3) and are part of the table.
+  ids[6]=report=$(submit report report.sbatch "afterany:$abl" "$LLT_RESULTS/${abl}_*-ablation-*")
+fi
+echo "jobs: ${ids[*]}"
