@@ -15,7 +15,8 @@
 # each run; checkpoints and adapters are deleted: gigabytes, not needed by the tables) and
 # report/ (llt-report's output). Runtimes depend on the machine and its load; the 1-minute load
 # average before each run is recorded in OUT/load.txt.
-# Needs a built tree: BUILD (default build) with llt-tokenize, llt-finetune and llt-report.
+# Builds llt-tokenize, llt-finetune and llt-report into BUILD (default build) first, so the
+# runs record the commit they came from.
 # Knobs: SAMPLES (8), THREADS (all cores), OUT, WORK (/tmp/llt-table2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +30,7 @@ if [[ -e $out ]]; then
   echo "run_table2_grid.sh: $out exists; move it away first (nothing is overwritten)" >&2
   exit 1
 fi
+LLT_BUILD_DIR=$build scripts/build.sh --target llt-tokenize llt-finetune llt-report
 rm -rf "$work"
 mkdir -p "$work" "$out/runs"
 
