@@ -3,7 +3,8 @@
 #                                   load modules, record the job (see slurm/README.md)
 #   llt_run TOOL [FLAGS...]         run an llt tool with the config's flags and FLAGS, sample its
 #                                   memory, forward SIGUSR1, requeue on exit 75; exits with the
-#                                   tool's exit code (never returns)
+#                                   tool's exit code (never returns). With --ntasks=N > 1 (only
+#                                   llt-finetune) srun starts one data-parallel rank per task.
 # Environment (all optional): LLT_ROOT (the repository; default the submit folder), LLT_RESULTS
 # (default $LLT_ROOT/results), LLT_CONFIG (default slurm/configs/CONFIG.toml), LLT_BIN (native
 # tools; default $LLT_ROOT/build/bin), LLT_RUN_DIR (reuse a run folder, e.g. to resume by hand),
@@ -146,25 +147,52 @@ llt_job_init() {
   llt_say "run folder $LLT_RUN_DIR (config $LLT_CONFIG)"
 }
 
-# Bytes resident in process `root` and all its descendants (from /proc; no procps needed).
+# "BYTES,PROCESSES" resident in the processes `tops` (space-separated pids) and all their
+# descendants, plus the descendants (not themselves) of `daemons` (from /proc; no procps needed).
 llt_tree_rss() {
-  cat /proc/[0-9]*/stat 2>/dev/null | awk -v root="$1" -v page="$(getconf PAGESIZE)" '
+  cat /proc/[0-9]*/stat 2>/dev/null |
+    awk -v tops="$1" -v daemons="${2:-}" -v page="$(getconf PAGESIZE)" '
+    BEGIN { n = split(tops, t, " "); for (i = 1; i <= n; i++) top[t[i]] = 1
+            n = split(daemons, t, " "); for (i = 1; i <= n; i++) daemon[t[i]] = 1 }
     { line = $0; sub(/^.*\) /, "", line); split(line, f, " ")
       parent[$1] = f[2]; rss[$1] = f[22] }  # after "pid (comm) ": state ppid ... rss is 22nd
-    END { total = 0
-          for (p in rss) { q = p; while (q != "" && q > 1 && q != root) q = parent[q]
-                           if (q == root) total += rss[p] }
-          print total * page }'
+    END { total = 0; count = 0
+          for (p in rss) {
+            q = p
+            while (q != "" && q > 1 && !(q in top) && !(q in daemon)) q = parent[q]
+            if ((q in top) || ((q in daemon) && q != p)) { total += rss[p]; count++ }
+          }
+          print total * page "," count }'
 }
 
-# Starts the samplers in the background: RSS of the tool's process tree (always) and GPU memory
-# (when nvidia-smi answers), appended across restarts. Sets LLT_SAMPLERS.
+# The pids of this job's step daemons on this node ("slurmstepd: [JOBID.STEP]") for srun's
+# steps, not the batch or extern step: srun's tasks (the ranks) are their children, not srun's.
+llt_step_daemons() {
+  local p comm title re="^slurmstepd: \\[${SLURM_JOB_ID:-none}\\.[0-9]+\\]" out=()
+  for p in /proc/[0-9]*; do
+    read -r comm 2>/dev/null <"$p/comm" || continue
+    [[ $comm == slurmstepd ]] || continue
+    title=""
+    read -r -d '' title 2>/dev/null <"$p/cmdline" || true
+    [[ $title =~ $re ]] && out+=("${p#/proc/}")
+  done
+  echo "${out[*]}"
+}
+
+# Starts the samplers in the background: RSS of the tool's processes (always) and GPU memory
+# (when nvidia-smi answers), appended across restarts. Sets LLT_SAMPLERS. rss.csv's processes:
+# the tool's process tree; under srun, srun and the ranks on this node (the children of the
+# job's step daemons; ranks on other nodes are in sched-memory.txt's sstat only).
 llt_start_samplers() {
-  local pid=$1 every=${LLT_JOB[sample-every]} rss=$LLT_RUN_DIR/rss.csv
+  local pid=$1 srun=$2 every=${LLT_JOB[sample-every]} rss=$LLT_RUN_DIR/rss.csv
   LLT_SAMPLERS=()
-  [[ -s $rss ]] || echo "time_s,rss_bytes" >"$rss"
+  [[ -s $rss ]] || echo "time_s,rss_bytes,processes" >"$rss"
   (while kill -0 "$pid" 2>/dev/null; do
-    echo "$(date +%s),$(llt_tree_rss "$pid")"
+    if ((srun)); then
+      echo "$(date +%s),$(llt_tree_rss "$pid" "$(llt_step_daemons)")"
+    else
+      echo "$(date +%s),$(llt_tree_rss "$pid")"
+    fi
     sleep "$every"
   done) >>"$rss" &
   LLT_SAMPLERS+=($!)
@@ -239,7 +267,7 @@ llt_requeue() {
 }
 
 llt_run() {
-  local tool=$1 cmd=() rc
+  local tool=$1 cmd=() rc srun=0
   shift
   if [[ -n ${LLT_JOB[container]} ]]; then
     [[ -f ${LLT_JOB[container]} ]] || llt_die "[job] container: ${LLT_JOB[container]} not found"
@@ -254,18 +282,27 @@ llt_run() {
   ((LLT_TOOL_KEYS == 0)) || cmd+=(--config "$LLT_RUN_DIR/tool-config.toml")
   cmd+=("$@")
   if ((${SLURM_NTASKS:-1} > 1)); then  # data parallel: one rank per task
-    # The ranks meet at the first node, on a port from the job id unless one is set.
-    MASTER_ADDR=${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -1)}
-    MASTER_PORT=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}
-    export MASTER_ADDR MASTER_PORT
-    cmd=(srun --kill-on-bad-exit=1 "${cmd[@]}")
+    # Only llt-finetune has ranks; N copies of another tool would race on one output.
+    [[ $tool == llt-finetune ]] || llt_die "$tool runs as one process: submit it with" \
+      "--ntasks=1 (this job has $SLURM_NTASKS tasks; only llt-finetune runs one" \
+      "data-parallel rank per task)"
+    # llt finds the rendezvous itself: MASTER_ADDR/MASTER_PORT if the environment sets them,
+    # else the step's first node and a port from the job id. No --kill-on-bad-exit: the ranks
+    # agree on stopping (75, pre-empted) and on out of memory (3), and rank 0 must not be
+    # killed while it writes the checkpoint; a rank that fails alone makes the others time out.
+    # srun exits with the highest exit code of its tasks, so 75 reaches the requeue below.
+    # Since Slurm 22.05 srun does not inherit sbatch's --cpus-per-task: pass it on.
+    local srun_flags=()
+    [[ -z ${SLURM_CPUS_PER_TASK:-} ]] || srun_flags+=(--cpus-per-task="$SLURM_CPUS_PER_TASK")
+    cmd=(srun "${srun_flags[@]}" "${cmd[@]}")
+    srun=1
   fi
   echo "$(date -Is) restart ${SLURM_RESTART_COUNT:-0}: ${cmd[*]@Q}" >>"$LLT_RUN_DIR/command.txt"
   LLT_FORWARDED=0 LLT_PID=""
   trap llt_forward_usr1 USR1
   "${cmd[@]}" &
   LLT_PID=$!
-  llt_start_samplers "$LLT_PID"
+  llt_start_samplers "$LLT_PID" "$srun"
   llt_wait && rc=0 || rc=$?
   trap - USR1
   llt_stop_samplers
@@ -273,6 +310,9 @@ llt_run() {
   llt_say "$tool exited with code $rc"
   # 75: checkpointed and stopped. 138 (killed by USR1) after forwarding it: the signal came
   # before the tool could handle it (still loading); requeue all the same, it resumes or restarts.
-  if ((rc == 75 || (LLT_FORWARDED && rc == 138))); then llt_requeue; fi
+  # Only llt-finetune checkpoints: another tool stopped by USR1 just fails (no requeue loop).
+  if [[ $tool == llt-finetune ]] && ((rc == 75 || (LLT_FORWARDED && rc == 138))); then
+    llt_requeue
+  fi
   exit "$rc"
 }

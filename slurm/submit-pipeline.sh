@@ -2,18 +2,22 @@
 # Submits the whole experiment as one chain of SLURM jobs, each starting only when the one before
 # it ended well (--dependency=afterok):
 #   prep -> smoke-p100 -> finetune-a100 -> eval and generate (with its adapter)
+#                      -> eval-base and generate-base (the base model, no adapter)
 #                      -> ablation array (Table 2) -> report (after every task, whatever its end)
+#   and report-before-after over eval-base, eval, generate-base and generate once all four have
+#   ended (afterany: a folder whose job died before llt wrote anything is left out, with a
+#   warning), for llt-report's before/after sheet (base vs fine-tuned).
 # Usage: slurm/submit-pipeline.sh [--cpu-test] [--no-ablation]
 #   --cpu-test     the same templates in their CPU mode, for CI and a local SLURM: the shipped
 #                  260K-parameter model and its tokenizer, --device cpu, fp32, 2 optimizer steps,
 #                  1 core and 1 GB per job, native tools from $LLT_BIN, no modules or container.
-#   --no-ablation  skip the array and the report.
+#   --no-ablation  skip the array and its report (the before/after report still runs).
 # Environment: LLT_RESULTS (run folders and logs; default results/), LLT_DATA (the tokenized
 #   dataset; default data/alpaca-llama2; prep is skipped when it exists), LLT_MODEL (the base
 #   model for every job), LLT_ABLATION_ARRAY (default 0-15), SBATCH_ACCOUNT / SBATCH_PARTITION /
 #   ... (sbatch's own), and the templates' (slurm/README.md).
-# The last line printed is `jobs: prep=ID smoke=ID finetune=ID eval=ID generate=ID ablation=ID
-# report=ID` (ID "-" where not submitted).
+# The last line printed is `jobs: prep=ID smoke=ID finetune=ID eval=ID generate=ID base_eval=ID
+# base_generate=ID ablation=ID report=ID before_after=ID` (ID "-" where not submitted).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export LLT_ROOT=$PWD
@@ -54,13 +58,16 @@ if ((cpu_test)); then
   generate+=(--tokenizer "$tiny/tok512.model" --dtype fp32 --max-new-tokens 16)
 fi
 
-# sbatch NAME TEMPLATE DEPENDENCY [template arguments]: prints the job id.
+# sbatch NAME TEMPLATE DEPENDENCY [template arguments]: prints the job id. A NAME other than the
+# template's own (eval-base, generate-base, report-before-after) becomes the job's name, and so
+# its run folder's (results/<jobid>-<name>/) and log's.
 submit() {
   local name=$1 template=$2 dependency=$3 log
   shift 3
   log=$LLT_RESULTS/slurm-%x-%j.out
   [[ $template != ablation.sbatch ]] || log=$LLT_RESULTS/slurm-%x-%A_%a.out
   local flags=("${sbatch_flags[@]}" --parsable --output "$log")
+  [[ $name != *-* ]] || flags+=(--job-name="$name")
   [[ -z $dependency ]] || flags+=(--dependency="$dependency")
   [[ $template != ablation.sbatch ]] || flags+=(--array="$array")
   local id
@@ -71,7 +78,8 @@ submit() {
   echo "$id"
 }
 
-ids=(prep=- smoke=- finetune=- eval=- generate=- ablation=- report=-)
+ids=(prep=- smoke=- finetune=- eval=- generate=- base_eval=- base_generate=- ablation=- report=-
+  before_after=-)
 after_prep=""
 if [[ -f $data/train/manifest.json && -f $data/eval/manifest.json ]]; then
   echo "dataset $data exists: no prep job" >&2
@@ -85,14 +93,27 @@ ids[1]=smoke=$smoke
 full=$(submit finetune finetune-a100.sbatch "afterok:$smoke" "${model[@]}" "${train[@]}")
 ids[2]=finetune=$full
 adapter=(--adapter "$LLT_RESULTS/$full-finetune-a100/adapter")
-ids[3]=eval=$(submit eval eval.sbatch "afterok:$full" "${model[@]}" "${adapter[@]}" "${eval[@]}")
-ids[4]=generate=$(submit generate generate.sbatch "afterok:$full" \
+tuned_eval=$(submit eval eval.sbatch "afterok:$full" "${model[@]}" "${adapter[@]}" "${eval[@]}")
+ids[3]=eval=$tuned_eval
+gen=$(submit generate generate.sbatch "afterok:$full" \
   "${model[@]}" "${adapter[@]}" "${generate[@]}")
+ids[4]=generate=$gen
+# The base model, for the before/after sheet: after the smoke test (which loaded it), beside the
+# fine-tuning job.
+base_eval=$(submit eval-base eval.sbatch "afterok:$smoke" "${model[@]}" "${eval[@]}")
+ids[5]=base_eval=$base_eval
+base_gen=$(submit generate-base generate.sbatch "afterok:$smoke" "${model[@]}" "${generate[@]}")
+ids[6]=base_generate=$base_gen
 if ((ablation)); then
   # After the smoke test, so a broken setup costs one small job rather than 16 large ones.
   abl=$(submit ablation ablation.sbatch "afterok:$smoke" "${model[@]}" "${grid[@]}")
-  ids[5]=ablation=$abl
+  ids[7]=ablation=$abl
   # afterany: out-of-memory cells fail by design (exit 3) and are part of the table.
-  ids[6]=report=$(submit report report.sbatch "afterany:$abl" "$LLT_RESULTS/${abl}_*-ablation-*")
+  ids[8]=report=$(submit report report.sbatch "afterany:$abl" "$LLT_RESULTS/${abl}_*-ablation-*")
 fi
+# Base before fine-tuned: the sheet's columns follow this order.
+ids[9]=before_after=$(submit report-before-after report.sbatch \
+  "afterany:$base_eval:$tuned_eval:$base_gen:$gen" "$LLT_RESULTS/$base_eval-eval-base" \
+  "$LLT_RESULTS/$tuned_eval-eval" "$LLT_RESULTS/$base_gen-generate-base" \
+  "$LLT_RESULTS/$gen-generate")
 echo "jobs: ${ids[*]}"

@@ -12,7 +12,9 @@ each 'Key: value' with a known key, Bootstrap first; sections are known names, e
 '-c /bin/bash', with `sh -n` too, the shell Apptainer uses; %labels lines are 'KEY value';
 %files sources exist in the build context (the repository root: `apptainer build` runs there).
 This project's rules: the sections llt.def needs are present, the base image is pinned to an
-exact tag, %post builds with CMAKE_PREFIX_PATH=/opt/libtorch and %test runs ctest.
+exact tag, %post builds with CMAKE_PREFIX_PATH=/opt/libtorch and -DLLT_GIT_SHA (the copied tree is
+partial: CMake's git status would call it dirty), compares nccl.h's NCCL_VERSION_CODE with
+LibTorch's NCCL, and %test runs ctest.
 """
 import os
 import re
@@ -132,6 +134,11 @@ def check_sections(sections, context, problems):
     if "post" in bodies and "CMAKE_PREFIX_PATH=/opt/libtorch" not in bodies["post"]:
         problems.append((seen["post"], "%post does not build with "
                                        "-DCMAKE_PREFIX_PATH=/opt/libtorch"))
+    if "post" in bodies and not re.search(r"-DLLT_GIT_SHA=\S", bodies["post"]):
+        problems.append((seen["post"], "%post does not pass -DLLT_GIT_SHA to CMake"))
+    if "post" in bodies and "NCCL_VERSION_CODE" not in bodies["post"]:
+        problems.append((seen["post"], "%post does not compare nccl.h's NCCL_VERSION_CODE with "
+                                       "LibTorch's NCCL"))
     if "test" in bodies and not re.search(r"\bctest\b", bodies["test"]):
         problems.append((seen["test"], "%test does not run ctest"))
 
@@ -176,6 +183,9 @@ BREAKAGES = [
     ("label without value", _sub(r"^%labels$", "%labels\n    lonely"), "has no value"),
     ("no CMAKE_PREFIX_PATH", _sub(r"CMAKE_PREFIX_PATH=/opt/libtorch", "X=1"),
      "CMAKE_PREFIX_PATH"),
+    ("no -DLLT_GIT_SHA", _sub(r" -DLLT_GIT_SHA=\S+", ""), "-DLLT_GIT_SHA"),
+    ("no NCCL version check", lambda text: text.replace("NCCL_VERSION_CODE", "X"),
+     "NCCL_VERSION_CODE"),
 ]
 
 

@@ -1,7 +1,8 @@
 // Data parallelism (lib/llt/distributed): SLURM hostlists and the rank/rendezvous table, gradient
 // buckets summed by Gloo in-process, and llt-finetune as 2 processes on the CPU against 1 process
 // with twice the accumulation (the same per-step losses and final weights within 1e-5 relative:
-// only the order of the float sums differs), stop signals, one rank out of memory, resume.
+// only the order of the float sums differs), stop signals, one rank out of memory, resume,
+// wrap-around repeats and ranks leaving together.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -118,6 +119,11 @@ TEST(DistributedConfig, TorchrunVariablesAndFlagsWin) {
       resolve_distributed_config({}, {{"WORLD_SIZE", "2"}, {"RANK", "0"}, {"MASTER_ADDR", "::1"}})
           .init,
       "tcp://[::1]:29500");
+  EXPECT_EQ(resolve_distributed_config(
+                {}, {{"WORLD_SIZE", "2"}, {"RANK", "0"}, {"MASTER_ADDR", "[fe80::1]"}})
+                .init,
+            "tcp://[fe80::1]:29500")
+      << "an address already in brackets keeps one pair";
 }
 
 TEST(DistributedConfig, BadValuesAreOneLineInputErrors) {
@@ -451,6 +457,34 @@ TEST(DataParallel, OneRankOutOfMemoryStopsBothWithStatusOom) {
   EXPECT_NE(summary["error"].get<std::string>().find("1 of 2 ranks"), std::string::npos)
       << summary["error"];
   EXPECT_NE(rank_log(dir / "run", 1).find("host memory cap"), std::string::npos);
+}
+
+// 3 ranks over 16 samples: each epoch repeats 2 samples (wrap-around, so each rank has 6); they
+// are trained on but not counted. And the ranks leave together: when rank 1 has exited, rank 0
+// has written the summary already.
+TEST(DataParallel, WrapAroundRepeatsAreNotCountedAndRanksLeaveTogether) {
+  const auto dir = fresh_dir("repeats");
+  auto args = finetune_args(dir / "run", 2);  // 6 batches a rank: 3 steps an epoch
+  args.insert(args.end(), {"--epochs", "2"});
+  std::vector<Child> ranks;
+  for (int r = 0; r < 3; ++r) {
+    auto a = args;
+    a.insert(a.end(), {"--world-size", "3", "--rank", std::to_string(r), "--dist-init",
+                       "file://" + (dir / "store").string()});
+    ranks.push_back(start_finetune(a, dir / ("rank" + std::to_string(r) + ".log")));
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(ranks[1].pid, &status, 0), ranks[1].pid);
+  const bool summary_written = fs::exists(dir / "run/summary.json");
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << read_file(ranks[1].log);
+  EXPECT_TRUE(summary_written) << "rank 1 exited before rank 0 wrote summary.json";
+  EXPECT_EQ(finish(ranks[0]), 0) << read_file(ranks[0].log);
+  EXPECT_EQ(finish(ranks[2]), 0) << read_file(ranks[2].log);
+  const auto rows = jsonl(dir / "run/metrics.jsonl");
+  ASSERT_EQ(rows.size(), 6u);
+  for (const size_t i : {0, 1, 3, 4}) EXPECT_EQ(rows[i]["samples"], 6) << "step " << i + 1;
+  for (const size_t i : {2, 5}) EXPECT_EQ(rows[i]["samples"], 4) << "epoch end, step " << i + 1;
+  EXPECT_EQ(json_file(dir / "run/summary.json")["samples"], 32);
 }
 
 // SIGUSR1 to rank 1 only: both stop after the same step, rank 0 checkpoints it, both exit 75;

@@ -2,6 +2,7 @@
 // tests/assets/report/runs/ (data_prep/make_report_fixtures.py; numbers in its README). The
 // expected tables below were written by hand from those numbers, not from llt's output.
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -367,6 +368,73 @@ TEST(Report, EvaluationFoldersOnly) {
   EXPECT_NE(before_after_markdown(runs).find("No prompt appears in the generations.jsonl of two or "
                                              "more folders."),
             std::string::npos);
+}
+
+TEST(Report, FolderOfAKilledJobIsLeftOutWithAWarning) {
+  // A job killed before llt wrote anything (cgroup OOM, time limit) leaves only slurm/lib.sh's
+  // records; one killed mid-training also its metrics.jsonl. Reported, not fatal.
+  const auto dir = fresh_dir("killed");
+  const auto killed = dir / "7_3-ablation-ga-off_mp-off_lora-off_ckpt-off";
+  write_text(killed / "job.txt", "## start\nJobId=7 JobName=ablation\n");
+  write_text(killed / "command.txt", "llt-finetune --output x\n");
+  write_text(killed / "rss.csv", "time_s,rss_bytes\n");
+  const auto midway = dir / "midway";
+  write_text(midway / "sbatch-config.toml", "[job]\n");
+  write_text(midway / "metrics.jsonl", "{\"step\": 1, \"loss\": 5.5}\n");
+  const RunRecord r = read_run(killed);
+  EXPECT_FALSE(r.summary);
+  EXPECT_EQ(r.partial_files, (std::vector<std::string>{"job.txt", "command.txt", "rss.csv"}));
+  EXPECT_EQ(read_run(midway).metrics.size(), 1u);
+
+  auto dirs = fixture_dirs();
+  dirs.push_back(killed.string());
+  dirs.push_back(midway.string());
+  const std::string md = table2_markdown(read_runs(dirs));
+  // The table itself is the fixtures' alone; the folders are named below it.
+  EXPECT_EQ(md.substr(0, std::string(kTable2).size()), kTable2);
+  EXPECT_EQ(md.substr(std::string(kTable2).size()),
+            "- **Left out, no results** (job records but no summary.json, generations.jsonl or "
+            "perplexity.json: the job ended before llt wrote them, e.g. killed for memory or "
+            "time): `7_3-ablation-ga-off_mp-off_lora-off_ckpt-off` and `midway`\n");
+  EXPECT_EQ(table2_csv(read_runs(dirs)), table2_csv(read_runs(fixture_dirs())));
+  EXPECT_NE(table2_markdown(read_runs({killed.string()})).find("killed for memory or time): `7_3"),
+            std::string::npos);
+
+  auto t = run_tool("llt-report " + kRuns + "/base " + killed.string() + " --no-plots --output " +
+                    (dir / "out").string());
+  EXPECT_EQ(t.code, 0) << t.output;
+  EXPECT_NE(t.output.find("llt-report: warning: " + killed.string() +
+                          ": no summary.json, generations.jsonl or perplexity.json (only "
+                          "job.txt, command.txt, rss.csv): the job ended before llt wrote its "
+                          "results"),
+            std::string::npos)
+      << t.output;
+  EXPECT_TRUE(fs::exists(dir / "out" / "table2.md"));
+
+  // Still errors: a folder of other files, and malformed partial outputs.
+  write_text(dir / "other" / "notes.txt", "mine");
+  expect_input_error([&] { read_run(dir / "other"); }, {"other", "not a run folder", "job.txt"});
+  write_text(midway / "metrics.jsonl", "{\"step\": 1, \"lo");
+  expect_input_error([&] { read_run(midway); }, {(midway / "metrics.jsonl").string() + ":1"});
+}
+
+TEST(Report, NullPerplexityIsNan) {
+  // llt-perplexity writes null for a NaN (JSON has none): an untrained model's overflow.
+  const auto dir = fresh_dir("nan-perplexity");
+  const auto nan_run = copy_run("base", dir);
+  write_text(nan_run / "perplexity.json",
+             "{\"mean_nll\": null, \"perplexity\": null, \"tokens\": 1000, \"samples\": 10, "
+             "\"over\": \"labels\"}");
+  const RunRecord r = read_run(nan_run);
+  ASSERT_TRUE(r.perplexity);
+  EXPECT_TRUE(std::isnan(r.perplexity->mean_nll));
+  EXPECT_TRUE(std::isnan(r.perplexity->perplexity));
+  EXPECT_NE(before_after_markdown({r}).find("| `base` | NaN | NaN | 1000 | 10 | labels |"),
+            std::string::npos)
+      << before_after_markdown({r});
+  write_text(nan_run / "perplexity.json", "{\"mean_nll\": \"nan\", \"perplexity\": 1, "
+                                          "\"tokens\": 1}");
+  expect_input_error([&] { read_run(nan_run); }, {"'mean_nll'", "a number"});
 }
 
 TEST(Report, ToolExitCodes) {

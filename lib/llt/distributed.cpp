@@ -1,5 +1,6 @@
 #include "llt/distributed.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
@@ -69,9 +70,10 @@ int default_port(const DistributedOptions& o, const Environment& env) {
 }
 
 // "tcp://host:port", bracketing an IPv6 address.
+// An IPv6 host gets brackets unless it has them already (MASTER_ADDR=[::1]).
 std::string tcp_address(const std::string& host, int port) {
-  const bool ipv6 = host.find(':') != std::string::npos;
-  return "tcp://" + (ipv6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
+  const bool bare_ipv6 = host.find(':') != std::string::npos && host.front() != '[';
+  return "tcp://" + (bare_ipv6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
 }
 
 // Splits at commas outside brackets. `what` names the list in errors.
@@ -280,6 +282,7 @@ struct ProcessGroup::Impl {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<compat::CollectiveBackend> backend;
   at::Tensor scalars;  // (kMaxScalars,) fp64 on `device`: ProcessGroup::sum's buffer
+  at::Tensor gradient_buffer;  // fp32, the largest bucket: prepare_gradients() to the reduction
 
   // Starts a collective and waits for it; turns a peer's failure or a timeout into one
   // RuntimeError line.
@@ -418,25 +421,55 @@ std::vector<double> ProcessGroup::sum(const std::vector<double>& values) {
   return out;
 }
 
-void ProcessGroup::all_reduce_gradients(const std::vector<at::Tensor>& params,
-                                        int64_t bucket_bytes) {
+void ProcessGroup::prepare_gradients(const std::vector<at::Tensor>& params,
+                                     int64_t bucket_bytes) {
+  int64_t largest = 0;
   std::vector<at::Tensor> grads;
   for (const auto& p : params) {
     if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
     grads.push_back(p.grad());
   }
   for (const auto& bucket : gradient_buckets(grads, bucket_bytes)) {
-    std::vector<at::Tensor> parts;
-    for (const size_t i : bucket) parts.push_back(grads[i].reshape({-1}).to(at::kFloat));
-    auto flat = at::cat(parts);  // (bucket elements,) fp32: one all-reduce per bucket
-    impl_->all_reduce(flat, "all-reduce of the gradients");
+    int64_t n = 0;
+    for (const size_t i : bucket) n += grads[i].numel();
+    largest = std::max(largest, n);
+  }
+  auto& buffer = impl_->gradient_buffer;
+  if (!buffer.defined() || buffer.numel() < largest || buffer.device() != impl_->device) {
+    buffer = at::Tensor();  // free the old one first
+    buffer = at::empty({largest}, at::TensorOptions().dtype(at::kFloat).device(impl_->device));
+  }
+}
+
+void ProcessGroup::all_reduce_gradients(const std::vector<at::Tensor>& params,
+                                        int64_t bucket_bytes) {
+  prepare_gradients(params, bucket_bytes);  // nothing to allocate when prepared
+  std::vector<at::Tensor> grads;
+  for (const auto& p : params) grads.push_back(p.grad());
+  const at::Tensor buffer = impl_->gradient_buffer;
+  for (const auto& bucket : gradient_buckets(grads, bucket_bytes)) {
+    // Each gradient is copied into its slice of the buffer (views and copy_, converting to
+    // fp32: no allocation), the slice is all-reduced and copied back.
     int64_t offset = 0;
+    for (const size_t i : bucket) {
+      const int64_t n = grads[i].numel();
+      buffer.narrow(/*dim=*/0, offset, n).view(grads[i].sizes()).copy_(grads[i]);
+      offset += n;
+    }
+    auto flat = buffer.narrow(/*dim=*/0, 0, offset);  // one all-reduce per bucket
+    impl_->all_reduce(flat, "all-reduce of the gradients");
+    offset = 0;
     for (const size_t i : bucket) {
       const int64_t n = grads[i].numel();
       grads[i].copy_(flat.narrow(/*dim=*/0, offset, n).view(grads[i].sizes()));
       offset += n;
     }
   }
+  impl_->gradient_buffer = at::Tensor();  // held during the reduction only
+}
+
+void ProcessGroup::release_gradient_buffer() {
+  impl_->gradient_buffer = at::Tensor();
 }
 
 std::vector<at::Tensor> ProcessGroup::all_gather(const at::Tensor& tensor) {
@@ -469,7 +502,9 @@ int ProcessGroup::world_size() const {
 std::vector<double> ProcessGroup::sum(const std::vector<double>& values) {
   return values;
 }
+void ProcessGroup::prepare_gradients(const std::vector<at::Tensor>&, int64_t) {}
 void ProcessGroup::all_reduce_gradients(const std::vector<at::Tensor>&, int64_t) {}
+void ProcessGroup::release_gradient_buffer() {}
 std::vector<at::Tensor> ProcessGroup::all_gather(const at::Tensor& tensor) {
   return {tensor};
 }

@@ -95,9 +95,17 @@ class ProcessGroup {
   std::vector<double> sum(const std::vector<double>& values);
 
   // Replaces each tensor's .grad with its sum over ranks: buckets of at most `bucket_bytes`
-  // (gradient_buckets) are flattened to one fp32 buffer, all-reduced and copied back. A
-  // trainable tensor without a gradient gets zeros first, so every rank sends the same layout.
+  // (gradient_buckets) are copied into one fp32 buffer (the largest bucket's size, freed at the
+  // end), all-reduced and copied back. A trainable tensor without a gradient gets zeros first,
+  // so every rank sends the same layout.
   void all_reduce_gradients(const std::vector<at::Tensor>& params, int64_t bucket_bytes);
+
+  // Makes everything all_reduce_gradients allocates (the zero gradients and the buffer), so that
+  // running out of memory there (OutOfMemoryError or a c10::Error, thrown here) can be agreed on
+  // with sum() before any rank enters the gradients' collectives. No collective.
+  void prepare_gradients(const std::vector<at::Tensor>& params, int64_t bucket_bytes);
+  // Frees a buffer prepare_gradients made when the reduction is not going to run.
+  void release_gradient_buffer();
 
   // Every rank's `tensor` (same shape and dtype on all ranks), in rank order, on the CPU.
   std::vector<at::Tensor> all_gather(const at::Tensor& tensor);

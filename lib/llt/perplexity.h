@@ -49,8 +49,9 @@ std::vector<ScoredSequence> dataset_sequences(const Dataset& dataset, const std:
 
 // Sliding windows over a tokenized text (Hugging Face's "Perplexity of fixed-length models"):
 // windows of at most `window` tokens start every `stride` tokens; each scores only the tokens no
-// earlier window scored, so every token but the text's first is scored once when stride <=
-// window. Throws InputError on window < 2, stride < 1, stride > window or fewer than 2 ids.
+// earlier window scored, so every token but the text's first is scored once when stride <
+// window (with stride == window, each window's first token has no context in it and is not
+// scored, as in Hugging Face's recipe). Throws InputError on window < 2, stride < 1, stride > window or fewer than 2 ids.
 std::vector<ScoredSequence> text_windows(const std::vector<int32_t>& ids, int64_t window,
                                          int64_t stride);
 

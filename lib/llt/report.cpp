@@ -164,8 +164,8 @@ PerplexityFigures read_perplexity(const fs::path& path) {
   const json j = parse_json(read_file(path), path.string());
   const Fields f(j, path.string());
   PerplexityFigures p;
-  p.mean_nll = f.number("mean_nll");
-  p.perplexity = f.number("perplexity");
+  p.mean_nll = f.number("mean_nll", /*null_is_nan=*/true);
+  p.perplexity = f.number("perplexity", /*null_is_nan=*/true);
   p.tokens = f.integer("tokens");
   if (f.has("samples")) p.samples = f.integer("samples");
   if (f.has("over")) p.over = f.string("over");
@@ -324,6 +324,18 @@ std::string on_off(bool on) {
 }
 
 using Runs = std::vector<const RunRecord*>;
+
+// The folders without results, for Table 2's notes.
+std::string left_out_line(const std::vector<RunRecord>& runs) {
+  std::vector<std::string> names;
+  for (const auto& r : runs) {
+    if (!r.partial_files.empty()) names.push_back(r.name);
+  }
+  if (names.empty()) return "";
+  return "- **Left out, no results** (job records but no summary.json, generations.jsonl or "
+         "perplexity.json: the job ended before llt wrote them, e.g. killed for memory or time): " +
+         join_names(names) + "\n";
+}
 
 Runs trained_runs(const std::vector<RunRecord>& runs) {
   Runs out;
@@ -730,6 +742,11 @@ void move_into_place(const fs::path& from, const fs::path& to) {
 
 // ---------------------------------------------------------------------------------------------
 
+const std::vector<std::string> kPartialRunFiles = {
+    "job.txt",  "command.txt", "sbatch-config.toml", "tool-config.toml", "rss.csv",
+    "gpu-memory.csv", "sched-memory.txt", "slurm.out", "config.toml", "metrics.jsonl",
+    "memory.jsonl", "checkpoints"};
+
 RunRecord read_run(const fs::path& dir) {
   if (!fs::exists(dir)) throw InputError(dir.string() + ": no such run folder");
   if (!fs::is_directory(dir))
@@ -757,9 +774,16 @@ RunRecord read_run(const fs::path& dir) {
   }
   if (fs::exists(dir / "perplexity.json")) r.perplexity = read_perplexity(dir / "perplexity.json");
   if (!r.summary && !has_generations && !r.perplexity) {
-    throw InputError(dir.string() +
-                     ": not a run folder: no summary.json (llt-finetune), "
-                     "generations.jsonl (llt-generate) or perplexity.json (llt-perplexity)");
+    // A job killed before llt wrote its results (cgroup OOM, time limit) leaves its records.
+    for (const auto& name : kPartialRunFiles) {
+      if (fs::exists(fs::symlink_status(dir / name))) r.partial_files.push_back(name);
+    }
+    if (r.partial_files.empty()) {
+      throw InputError(dir.string() +
+                       ": not a run folder: no summary.json (llt-finetune), "
+                       "generations.jsonl (llt-generate) or perplexity.json (llt-perplexity), "
+                       "nor job records (job.txt, command.txt)");
+    }
   }
   return r;
 }
@@ -788,6 +812,8 @@ std::string table2_markdown(const std::vector<RunRecord>& all) {
   md << "# Table 2: System performance measurement\n\n";
   if (runs.empty()) {
     md << "No folder holds a summary.json (llt-finetune's): no training run to show.\n";
+    const std::string left_out = left_out_line(all);
+    if (!left_out.empty()) md << "\n" << left_out;
     return md.str();
   }
   const std::string kind = allocator_kind(runs);
@@ -863,6 +889,7 @@ std::string table2_markdown(const std::vector<RunRecord>& all) {
   }
   for (const auto& line : crowded)
     md << "- **More than one run in a cell** (in this order): " << line << "\n";
+  md << left_out_line(all);
   return md.str();
 }
 
@@ -979,8 +1006,8 @@ std::string before_after_markdown(const std::vector<RunRecord>& runs) {
     }
     any = true;
     const auto& p = *r.perplexity;
-    md << "| " << md_code(r.name) << " | " << fixed(p.perplexity, 3) << " | "
-       << fixed(p.mean_nll, 4) << " | " << p.tokens << " | "
+    md << "| " << md_code(r.name) << " | " << number_or_nan(p.perplexity, 3) << " | "
+       << number_or_nan(p.mean_nll, 4) << " | " << p.tokens << " | "
        << (p.samples ? std::to_string(*p.samples) : "–") << " | "
        << (p.over.empty() ? "–" : md_cell(p.over)) << " |\n";
   }
@@ -1039,6 +1066,15 @@ int run_report(const ReportToolOptions& options) {
   if (options.runs.empty()) throw InputError("llt-report: give at least one RUN_DIR");
   if (options.output.empty()) throw InputError("llt-report: give --output DIR");
   const std::vector<RunRecord> runs = read_runs(options.runs);
+  for (const auto& r : runs) {
+    if (r.partial_files.empty()) continue;
+    std::string held;
+    for (const auto& name : r.partial_files) held += (held.empty() ? "" : ", ") + name;
+    std::cerr << "llt-report: warning: " << r.dir.string()
+              << ": no summary.json, generations.jsonl or perplexity.json (only " << held
+              << "): the job ended before llt wrote its results (killed for memory or time?); "
+                 "left out of the tables\n";
+  }
   std::string gnuplot;
   if (!options.no_plots) {
     gnuplot = find_program(options.gnuplot);

@@ -63,8 +63,8 @@ struct GenerationRecord {  // one line of generations.jsonl
 };
 
 struct PerplexityFigures {  // perplexity.json
-  double mean_nll = 0;
-  double perplexity = 0;
+  double mean_nll = 0;    // NaN where the file has null (an untrained model's NaN loss)
+  double perplexity = 0;  // NaN where the file has null
   int64_t tokens = 0;
   std::optional<int64_t> samples;
   std::string over;
@@ -81,10 +81,19 @@ struct RunRecord {
   std::vector<MemoryPoint> memory;
   std::vector<GenerationRecord> generations;
   std::optional<PerplexityFigures> perplexity;
+  // Non-empty: a folder without llt's results (no summary.json, generations.jsonl or
+  // perplexity.json) whose job ended before llt wrote them (killed for memory or time): the
+  // job records and partial outputs it does hold (kPartialRunFiles). Left out of the tables.
+  std::vector<std::string> partial_files;
 };
 
-// Reads one run folder. Throws InputError if it does not exist, holds none of summary.json,
-// generations.jsonl, perplexity.json, or a file is malformed (naming the file, line and field).
+// What a run folder can hold besides llt's results: slurm/lib.sh's job records and what
+// llt-finetune writes before its summary.json.
+extern const std::vector<std::string> kPartialRunFiles;
+
+// Reads one run folder. A folder with none of summary.json, generations.jsonl, perplexity.json
+// but some of kPartialRunFiles is returned with partial_files set. Throws InputError if it does
+// not exist, holds none of these files, or a file is malformed (naming the file, line and field).
 RunRecord read_run(const std::filesystem::path& dir);
 
 // Reads every folder, in order, and gives each a unique name. Throws InputError as read_run, or
@@ -92,7 +101,8 @@ RunRecord read_run(const std::filesystem::path& dir);
 std::vector<RunRecord> read_runs(const std::vector<std::string>& dirs);
 
 // The seed's Table 2 (peak memory and runtime over GA x MP x LoRA, per checkpointing setting),
-// from the runs with a summary.json: Markdown, and CSV with one row per run and every field.
+// from the runs with a summary.json: Markdown (naming the folders without results), and CSV
+// with one row per run and every field.
 std::string table2_markdown(const std::vector<RunRecord>& runs);
 std::string table2_csv(const std::vector<RunRecord>& runs);
 
@@ -110,8 +120,9 @@ std::string before_after_markdown(const std::vector<RunRecord>& runs);
 std::map<std::string, std::string> plot_files(const std::vector<RunRecord>& runs);
 
 // llt-report: reads options.runs, writes the tables, plots and sheet into options.output (all or
-// nothing) and prints where they are. Returns the exit code; throws InputError on bad input, an
-// existing report file (without --overwrite) or a missing gnuplot (without --no-plots).
+// nothing) and prints where they are, with a warning on stderr for each folder without results.
+// Returns the exit code; throws InputError on bad input, an existing report file (without
+// --overwrite) or a missing gnuplot (without --no-plots).
 int run_report(const ReportToolOptions& options);
 
 }  // namespace llt

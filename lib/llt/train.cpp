@@ -38,7 +38,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// Set by SIGUSR1/SIGTERM (SLURM's pre-emption warning): the loop checkpoints and exits 75.
+// Set by SIGUSR1/SIGTERM (SLURM's pre-emption warning) or request_stop(): the loop checkpoints
+// and exits 75; run_finetune clears it when it returns (the request was served).
 std::atomic<bool> g_stop_requested{false};
 extern "C" void on_stop_signal(int) { g_stop_requested = true; }
 
@@ -98,7 +99,8 @@ struct TrainState {
   double saving_s = 0;    // of elapsed_s: writing checkpoints and adapters
   int64_t tokens = 0;
   int64_t label_tokens = 0;
-  int64_t samples = 0;
+  int64_t samples = 0;      // real samples: wrap-around repeats are not counted (run_finetune)
+  int64_t activations = 0;  // the most bytes a micro-batch's forward held (accumulate_gradients)
 };
 
 std::string to_hex(const at::Tensor& bytes) {
@@ -139,8 +141,10 @@ fs::path latest_checkpoint(const fs::path& checkpoints) {
   return best;
 }
 
-// `rank_rng_states`: in a data-parallel run, every rank's generator state (hex, in rank order),
-// so each rank resumes its own dropout stream; empty for one process.
+// `rank_rng_states`: in a data-parallel run, every rank's CPU generator state (hex, in rank
+// order); empty for one process. Only the CPU generator is saved: on CPU each rank resumes its
+// own dropout stream exactly, but CUDA generators (dropout on a GPU) are not restored, so a
+// resumed GPU run with dropout is not bitwise the uninterrupted one.
 void save_checkpoint(const fs::path& checkpoints, const TrainState& state,
                      const ParameterSplit& params, const AdamW& optimizer, int world_size,
                      const std::vector<std::string>& rank_rng_states) {
@@ -166,6 +170,7 @@ void save_checkpoint(const fs::path& checkpoints, const TrainState& state,
       {"tokens", state.tokens},
       {"label_tokens", state.label_tokens},
       {"samples", state.samples},
+      {"activations", state.activations},
       {"rng_state", to_hex(at::detail::getDefaultCPUGenerator().get_state())},
   };
   if (!rank_rng_states.empty()) j["rank_rng_states"] = rank_rng_states;
@@ -213,6 +218,7 @@ TrainState load_checkpoint(const fs::path& dir, const ParameterSplit& params, Ad
     state.tokens = j.at("tokens");
     state.label_tokens = j.at("label_tokens");
     state.samples = j.at("samples");
+    state.activations = j.value("activations", int64_t{0});  // older checkpoints: measured anew
     const std::string rng = dist.world_size > 1
                                 ? j.at("rank_rng_states").at(dist.rank).get<std::string>()
                                 : j.at("rng_state").get<std::string>();
@@ -374,16 +380,27 @@ Window next_window(BatchSampler& sampler, const Run& r, int64_t grad_accum) {
   return w;
 }
 
+// Bytes in tensors on `device` now, as memory.jsonl's `allocated` counts them (the host counter
+// on the CPU, the caching allocator on CUDA), without sample_memory()'s read of /proc.
+int64_t allocated_now(const c10::Device& device) {
+  if (device.is_cuda()) return cuda_memory_stats(device.has_index() ? device.index() : 0).allocated;
+  return host_memory_stats().current;
+}
+
 // Forward and backward of one window; returns the summed label-token loss (fp32, unscaled).
 // The loss is normalised by `totals` (the window's own, or all ranks' in a data-parallel run).
 // `mark(phase)` is called after the first micro-batch's forward and backward (memory.jsonl's
-// phase marks); pass an empty function after the first step.
+// phase marks); pass an empty function after the first step. `activations` becomes at least
+// what each micro-batch's forward held at its end (loss computed, before backward) above what
+// was allocated when it started: what the estimate's `activations` counts (DESIGN.md Table 1).
 double accumulate_gradients(Run& r, const FinetuneToolOptions& o, const Window& w,
                             const StepTotals& totals, const LossScaler& scaler,
-                            const std::function<void(const std::string&)>& mark) {
+                            const std::function<void(const std::string&)>& mark,
+                            int64_t& activations) {
   auto& model = *r.loaded.model;
   double loss_sum = 0;
   for (const auto& batch : w.batches) {
+    const int64_t forward_start = allocated_now(r.device);
     at::Tensor logits;
     {
       std::optional<AutocastGuard> autocast;
@@ -393,6 +410,7 @@ double accumulate_gradients(Run& r, const FinetuneToolOptions& o, const Window& 
       logits = forward_with_checkpointing(model, batch.input_ids.to(r.device), o.recompute);
     }
     const auto sum = label_token_loss_sum(logits, batch.labels.to(r.device));
+    activations = std::max(activations, allocated_now(r.device) - forward_start);
     if (mark && &batch == &w.batches.front()) mark("after_first_forward");
     // tokens: every label token of the window weighs the same, so N micro-batches of 1 give the
     // gradient of one batch of N (and W ranks with N each, that of one rank with W * N).
@@ -441,10 +459,14 @@ struct ParallelStep {
 // normalised by all ranks' label tokens), then on the loss and on whether any rank ran out of
 // memory or was asked to stop; then, unless one ran out, they sum the gradients. Every rank makes
 // the same collectives in the same order whatever happened locally, so none waits forever.
+// The gradients' buffer is allocated (prepare_gradients) before the agreement, so the
+// all-reduce itself allocates nothing.
 ParallelStep data_parallel_step(ProcessGroup& group, BatchSampler& sampler, Run& r,
                                 const FinetuneToolOptions& o, const LossScaler& scaler,
                                 const std::vector<at::Tensor>& trainable,
-                                const std::function<void(const std::string&)>& mark) {
+                                const std::function<void(const std::string&)>& mark,
+                                int64_t& activations) {
+  const auto bucket_bytes = static_cast<int64_t>(o.dist.bucket_mb * 1024 * 1024);
   ParallelStep s;
   Window w;
   s.oom = out_of_memory_in([&] { w = next_window(sampler, r, o.train.grad_accum); });
@@ -457,8 +479,10 @@ ParallelStep data_parallel_step(ProcessGroup& group, BatchSampler& sampler, Run&
               static_cast<int64_t>(totals[2]), static_cast<int64_t>(totals[3])};
   double loss_sum = 0;
   if (totals[4] == 0) {
-    s.oom = out_of_memory_in(
-        [&] { loss_sum = accumulate_gradients(r, o, w, s.totals, scaler, mark); });
+    s.oom = out_of_memory_in([&] {
+      loss_sum = accumulate_gradients(r, o, w, s.totals, scaler, mark, activations);
+      group.prepare_gradients(trainable, bucket_bytes);
+    });
   }
   const auto agreed = group.sum(
       {loss_sum, s.oom.empty() ? 0.0 : 1.0, g_stop_requested.load() ? 1.0 : 0.0});
@@ -466,8 +490,9 @@ ParallelStep data_parallel_step(ProcessGroup& group, BatchSampler& sampler, Run&
   s.oom_ranks = static_cast<int64_t>(std::max(totals[4], agreed[1]));
   s.stop = agreed[2] > 0;
   if (s.oom_ranks == 0) {
-    group.all_reduce_gradients(trainable,
-                               static_cast<int64_t>(o.dist.bucket_mb * 1024 * 1024));
+    group.all_reduce_gradients(trainable, bucket_bytes);
+  } else {
+    group.release_gradient_buffer();
   }
   return s;
 }
@@ -636,13 +661,19 @@ void write_summary(const Run& r, const FinetuneToolOptions& o, const TrainState&
       {"peak_allocated_training", monitor.training_peak_allocated()},  // steps only, no loading
       {"peak_rss", m.peak_rss},
       {"skipped_steps", state.scaler.skipped_steps},
-      // Measured breakdown (the seed's Table 1, measured): bytes held by each kind; activations
-      // are the step's peak above everything that stays allocated between steps.
+      // Measured breakdown (the seed's Table 1, measured): bytes held by each kind. activations:
+      // the most a micro-batch's forward held at its end (loss computed, before backward) above
+      // what was allocated when it began, over every micro-batch of the run (resumes included),
+      // as the estimate counts them: what checkpointing and mixed precision change.
+      // step_transient: the training peak above parameters + gradients + optimizer state, that
+      // is the activations, the backward's buffers or the optimizer step's temporaries,
+      // whichever is larger (for full fine-tuning, usually the AdamW step).
       {"memory_breakdown",
        {{"parameters", r.params.parameter_bytes},
         {"gradients", grad_bytes},
         {"optimizer_state", optimizer_bytes},
-        {"activations",
+        {"activations", state.activations},
+        {"step_transient",
          std::max<int64_t>(0, monitor.training_peak_allocated() - static_bytes)}}},
       // Analytic estimate for the same configuration (lib/llt/memory), to compare with the above.
       {"memory_estimate", breakdown_json(estimate_run_memory(r, o))},
@@ -666,7 +697,14 @@ int64_t gradient_bytes(const ParameterSplit& params) {
 
 }  // namespace
 
+void request_stop() {
+  g_stop_requested = true;
+}
+
 int run_finetune(const FinetuneToolOptions& o) {
+  // First of all, so a stop signal while the model loads is a clean exit 75, not a kill.
+  std::signal(SIGUSR1, on_stop_signal);
+  std::signal(SIGTERM, on_stop_signal);
   // Data parallel (lib/llt/distributed.h): every rank checks the flags and the run folder, then
   // all join; only then does rank 0 create the folder. Rank 0 writes what the run shares.
   const DistributedConfig dist = resolve_distributed_config(o.dist, process_environment());
@@ -677,15 +715,21 @@ int run_finetune(const FinetuneToolOptions& o) {
     group = std::make_unique<ProcessGroup>(
         dist, device_for_rank(resolve_device(o.model.device), dist), o.dist.timeout);
   }
+  const std::string who =
+      lead ? "llt-finetune" : "llt-finetune (rank " + std::to_string(dist.rank) + ")";
+  // The ranks leave together: rank 1..N wait here until rank 0 has written the checkpoint,
+  // adapter and summary (a launcher may kill a step's other tasks when one exits). Only on the
+  // exits the ranks agreed on; a failed peer is reported and does not change the exit code.
+  auto leave_together = [&] {
+    if (!group) return;
+    try {
+      group->sum({0.0});
+    } catch (const RuntimeError& e) {
+      std::cerr << who << ": warning: " << e.what() << "\n";
+    }
+  };
   install_host_memory_counter();  // before the model loads, so its bytes are counted
   Run r = prepare_run(o, dist);
-  fs::create_directories(r.dir / "checkpoints");
-  if (lead) {
-    write_file_atomic(r.dir / "config.toml",
-                      std::string("# llt-finetune ") + llt_version() + ", git " + git_sha() +
-                          "\n" + o.config_text,
-                      /*overwrite=*/true);
-  }
 
   AdamW optimizer(r.params.trainable, o.optim);
   LossScalerOptions scaler_options;
@@ -704,13 +748,44 @@ int run_finetune(const FinetuneToolOptions& o) {
       (sampler.batches_per_epoch() + o.train.grad_accum - 1) / o.train.grad_accum;
   const int64_t total_steps = o.train.epochs * steps_per_epoch;  // the schedule's length
   const int64_t last_step = o.train.max_steps > 0 ? o.train.max_steps : total_steps;
+  // The samples each epoch repeats (wrap-around, so every rank has as many); not counted.
+  const int64_t repeats_per_epoch = sampler.samples_per_epoch() * dist.world_size - r.data->size();
 
   TrainState state;
   if (!resume_from.empty()) {
-    state = load_checkpoint(resume_from, r.params, optimizer, dist);
+    state = load_checkpoint(resume_from, r.params, optimizer, dist);  // reads only
     sampler.set_position(state.data);
     scaler.load_state(state.scaler);
+  }
+
+  // Asked to stop while loading (the ranks agree): leave now, writing nothing but the summary of
+  // an existing run folder; the checkpoint resumed from stays the latest, untouched.
+  const bool stop_before_training =
+      group ? group->sum({g_stop_requested.load() ? 1.0 : 0.0})[0] > 0 : g_stop_requested.load();
+  if (stop_before_training) {
     if (lead) {
+      std::cerr << "llt-finetune: preempted before training started (SIGUSR1/SIGTERM); "
+                << (resume_from.empty() ? "nothing written"
+                                        : resume_from.string() + " is still the latest checkpoint")
+                << "\n";
+      if (fs::exists(r.dir)) {
+        MemoryMonitor monitor(r.device);
+        write_summary(r, o, state, "preempted", "stopped before training started", monitor,
+                      &optimizer, /*grad_bytes=*/0);
+      }
+    }
+    leave_together();
+    g_stop_requested = false;
+    return static_cast<int>(ExitCode::kPreempted);
+  }
+
+  fs::create_directories(r.dir / "checkpoints");
+  if (lead) {
+    write_file_atomic(r.dir / "config.toml",
+                      std::string("# llt-finetune ") + llt_version() + ", git " + git_sha() +
+                          "\n" + o.config_text,
+                      /*overwrite=*/true);
+    if (!resume_from.empty()) {
       std::cerr << "llt-finetune: resumed from " << resume_from.string() << " at step "
                 << state.step << "\n";
     }
@@ -763,8 +838,6 @@ int run_finetune(const FinetuneToolOptions& o) {
     }
   };
 
-  std::signal(SIGUSR1, on_stop_signal);
-  std::signal(SIGTERM, on_stop_signal);
   const auto started = std::chrono::steady_clock::now();
   const double elapsed_before = state.elapsed_s;
   auto now_s = [&] { return elapsed_before + seconds_since(started); };
@@ -774,7 +847,15 @@ int run_finetune(const FinetuneToolOptions& o) {
   std::string status = "ok";
   std::string error;
   int code = 0;
+  bool agreed = true;  // every rank ends the same way (false: this rank's own error)
   int64_t held_grad_bytes = 0;  // gradients exist during a step only; the breakdown counts them
+  // Some rank ran out of memory (`mine`: this rank's message, if it did); all ranks stop.
+  auto ranks_out_of_memory = [&](const std::string& mine, int64_t ranks) {
+    status = "oom", code = static_cast<int>(ExitCode::kOutOfMemory);
+    error = (mine.empty() ? "out of memory on another rank" : mine) + " (" +
+            std::to_string(ranks) + " of " + std::to_string(dist.world_size) +
+            " ranks ran out of memory at step " + std::to_string(state.step + 1) + ")";
+  };
   try {
     while (state.step < last_step) {
       const auto step_started = std::chrono::steady_clock::now();
@@ -791,30 +872,55 @@ int run_finetune(const FinetuneToolOptions& o) {
       double loss_sum = 0;
       bool stop_agreed = false;
       if (group) {
-        const ParallelStep p = data_parallel_step(*group, sampler, r, o, scaler, tensors, mark);
+        const ParallelStep p = data_parallel_step(*group, sampler, r, o, scaler, tensors, mark,
+                                                  state.activations);
         if (p.oom_ranks > 0) {
-          status = "oom", code = static_cast<int>(ExitCode::kOutOfMemory);
-          error = (p.oom.empty() ? "out of memory on another rank" : p.oom) + " (" +
-                  std::to_string(p.oom_ranks) + " of " + std::to_string(dist.world_size) +
-                  " ranks ran out of memory at step " + std::to_string(state.step + 1) + ")";
+          ranks_out_of_memory(p.oom, p.oom_ranks);
           break;
         }
         totals = p.totals, loss_sum = p.loss_sum, stop_agreed = p.stop;
+        // Every rank ends its epoch at the same step; the epoch's repeats were trained on (and
+        // their tokens count) but are subtracted from the samples then.
+        if (sampler.position().cursor == sampler.batches_per_epoch()) {
+          totals.samples -= repeats_per_epoch;
+        }
       } else {
         const Window w = next_window(sampler, r, o.train.grad_accum);
         totals = window_totals(w);
-        loss_sum = accumulate_gradients(r, o, w, totals, scaler, mark);
+        loss_sum = accumulate_gradients(r, o, w, totals, scaler, mark, state.activations);
       }
       const double loss = loss_sum / static_cast<double>(totals.label_tokens);
-      // fp16 loss scaling unscales and scans every gradient for inf/nan. Without it, a
-      // non-finite gradient shows in the global norm computed anyway: the scan (an isfinite
-      // copy of every gradient) cost ~1.1 s a step, 15%, in full fine-tuning of the 7B shape.
-      bool found_inf = scaler.enabled() && scaler.unscale(tensors);
-      const double grad_norm = clip_grad_norm(tensors, o.optim.grad_clip);
-      if (!scaler.enabled()) found_inf = !std::isfinite(grad_norm);
-      // Without fp16 loss scaling nothing can recover from non-finite values: stop before the
-      // optimizer writes them into the weights. (Ranks agree: loss and gradients are summed.)
-      if (!scaler.enabled() && (!std::isfinite(loss) || found_inf)) {
+      const double lr = scheduled_lr(o.optim, state.step + 1, total_steps);
+      bool found_inf = false;
+      bool non_finite = false;
+      double grad_norm = 0;
+      auto update = [&] {
+        // fp16 loss scaling unscales and scans every gradient for inf/nan. Without it, a
+        // non-finite gradient shows in the global norm computed anyway: the scan (an isfinite
+        // copy of every gradient) cost ~1.1 s a step, 15%, in full fine-tuning of the 7B shape.
+        found_inf = scaler.enabled() && scaler.unscale(tensors);
+        grad_norm = clip_grad_norm(tensors, o.optim.grad_clip);
+        if (!scaler.enabled()) found_inf = !std::isfinite(grad_norm);
+        // Without fp16 loss scaling nothing can recover from non-finite values: stop before the
+        // optimizer writes them into the weights. (Ranks agree: loss and gradients are summed.)
+        non_finite = !scaler.enabled() && (!std::isfinite(loss) || found_inf);
+        if (!non_finite && !found_inf) optimizer.step(lr);
+      };
+      if (group) {
+        // Running out of memory after the backward (clipping, the optimizer's state and its
+        // step's temporaries: where full fine-tuning usually does) is caught here and agreed on
+        // in one more small all-reduce that every rank makes, so all stop with status oom.
+        const std::string oom = out_of_memory_in(update);
+        const auto oom_ranks =
+            static_cast<int64_t>(group->sum({oom.empty() ? 0.0 : 1.0})[0]);
+        if (oom_ranks > 0) {
+          ranks_out_of_memory(oom, oom_ranks);
+          break;
+        }
+      } else {
+        update();
+      }
+      if (non_finite) {
         status = "nan";
         error = "non-finite " + std::string(std::isfinite(loss) ? "gradients" : "loss") +
                 " at step " + std::to_string(state.step + 1) + " (loss " + std::to_string(loss) +
@@ -822,8 +928,6 @@ int run_finetune(const FinetuneToolOptions& o) {
         code = static_cast<int>(ExitCode::kNonFinite);
         break;
       }
-      const double lr = scheduled_lr(o.optim, state.step + 1, total_steps);
-      if (!found_inf) optimizer.step(lr);
       if (first) mark("after_first_optimizer_step");
       scaler.update(found_inf);
       const int64_t grad_bytes = gradient_bytes(r.params);
@@ -865,6 +969,8 @@ int run_finetune(const FinetuneToolOptions& o) {
       if ((o.train.save_every > 0 && state.step % o.train.save_every == 0) || stop) checkpoint();
       if (stop) {
         status = "preempted";
+        error = "stop signal (SIGUSR1/SIGTERM): checkpoint written at step " +
+                std::to_string(state.step) + "; --resume auto continues";
         code = static_cast<int>(ExitCode::kPreempted);
         break;
       }
@@ -879,24 +985,27 @@ int run_finetune(const FinetuneToolOptions& o) {
       }
     }
   } catch (const OutOfMemoryError& e) {
+    // This rank's alone (world size 1, or writing a checkpoint): the others are not told.
     status = "oom", error = e.what(), code = static_cast<int>(ExitCode::kOutOfMemory);
+    agreed = false;
   } catch (const c10::Error& e) {
     const std::string what = e.what_without_backtrace();
     if (!is_out_of_memory(what)) throw;
     status = "oom", error = what.substr(0, what.find('\n'));
     code = static_cast<int>(ExitCode::kOutOfMemory);
+    agreed = false;
   }
   bar.erase();
   logs.monitor.set_cap(0);
   state.elapsed_s = now_s();
-  const std::string who =
-      lead ? "llt-finetune" : "llt-finetune (rank " + std::to_string(dist.rank) + ")";
   if (code != 0) std::cerr << who << ": " << status << ": " << error << "\n";
   if (lead) {
     write_summary(r, o, state, status, error, logs.monitor, &optimizer, held_grad_bytes);
     std::cerr << "llt-finetune: " << status << " after " << state.step << " steps in "
               << format_duration(state.elapsed_s) << "; run folder " << r.dir.string() << "\n";
   }
+  if (agreed) leave_together();
+  g_stop_requested = false;
   return code;
 }
 

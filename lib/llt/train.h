@@ -20,4 +20,9 @@ at::Tensor label_token_loss_sum(const at::Tensor& logits, const at::Tensor& labe
 // Throws llt::Error on bad input before training starts.
 int run_finetune(const FinetuneToolOptions& options);
 
+// Asks run_finetune to stop as SIGUSR1/SIGTERM do (its handlers are installed first thing): a
+// running loop checkpoints after the current step and returns 75; a run not yet training returns
+// 75 before it starts, writing no checkpoint. run_finetune clears the request when it returns.
+void request_stop();
+
 }  // namespace llt
