@@ -1,9 +1,13 @@
 #include "llt/cli.h"
 
+#include <exception>
 #include <iostream>
 #include <string>
 
 #include <CLI/CLI.hpp>
+
+#include "llt/errors.h"
+#include "llt/runtime.h"
 
 namespace llt::cli {
 namespace {
@@ -314,6 +318,17 @@ ReportToolOptions parse_report(int argc, char** argv) {
       ->capture_default_str();
   parse_or_exit(app, argc, argv);
   return o;
+}
+
+int tool_main(const char* tool, const std::function<int()>& body) {
+  init_process();
+  try {
+    return body();
+  } catch (const Exit& e) {
+    return e.code;
+  } catch (const std::exception& e) {
+    return report_exception(tool, e);
+  }
 }
 
 std::string command_line(int argc, char** argv) {

@@ -2,6 +2,7 @@
 // and mirror the option fields; `--config FILE.toml` takes the same names as flat keys.
 #pragma once
 
+#include <functional>
 #include <string>
 
 #include "llt/options.h"
@@ -32,5 +33,10 @@ ReportToolOptions parse_report(int argc, char** argv);
 
 // The command line as one shell-quoted string (recorded in outputs such as manifest.json).
 std::string command_line(int argc, char** argv);
+
+// Every tool's main: process set-up (llt::init_process), then `body` (parse, then run); returns
+// its exit code, Exit's code, or the code report_exception gives an exception (printed as
+// "<tool>: <message>").
+int tool_main(const char* tool, const std::function<int()>& body);
 
 }  // namespace llt::cli
