@@ -115,7 +115,7 @@ std::string apply_template(const PromptRecord& record, const std::string& defaul
 
 int run_generate(const GenerateToolOptions& options) {
   std::vector<PromptRecord> records;
-  for (const auto& p : options.prompts) records.push_back({p, ""});
+  for (const auto& p : options.prompts) records.push_back({p, "", ""});
   if (!options.prompts_file.empty()) {
     auto from_file = read_prompts_file(options.prompts_file);
     records.insert(records.end(), from_file.begin(), from_file.end());

@@ -113,6 +113,8 @@ struct Sizes {
   double d, kvd;    // D, KV * hd
   double f;         // FFN size F
   double heads_t2;  // B * H * T * T: attention probabilities
+  double heads_t;   // B * H * T: the fused kernel's row log-sum-exp
+  bool scores;      // attention keeps its probabilities for backward (reference kernel)
   double c;         // bytes of the compute dtype
   bool autocast;    // compute dtype below fp32: linear inputs are cast copies
   bool full;        // full fine-tuning: base weights need their inputs saved
@@ -145,10 +147,16 @@ double norm_bytes(const Sizes& s) {
 // attention_norm .. wo (the part `ffn` checkpointing keeps).
 double attention_bytes(const Sizes& s, const LoraOptions& lora) {
   double bytes = norm_bytes(s);
-  bytes += (s.n * s.d + s.n * s.kvd) * s.c;            // q and k for the scores matmul
-  bytes += s.heads_t2 * (4 + (s.autocast ? s.c : 0));  // fp32 softmax output (+ its cast)
-  bytes += s.n * s.kvd * s.c;                          // v for probs @ v
-  if (s.full) bytes += s.n * s.d * s.c * ((s.autocast ? 3 : 0) + 1);  // wq/wk/wv casts, wo in
+  const double casts = s.full && s.autocast ? 3 * s.n * s.d * s.c : 0;  // wq/wk/wv inputs, cast
+  if (s.scores) {
+    bytes += (s.n * s.d + s.n * s.kvd) * s.c;            // q and k for the scores matmul
+    bytes += s.heads_t2 * (4 + (s.autocast ? s.c : 0));  // fp32 softmax output (+ its cast)
+    bytes += s.n * s.kvd * s.c;                          // v for probs @ v
+    if (s.full) bytes += casts + s.n * s.d * s.c;        // wo's input
+  } else {
+    // Fused kernel: q, k, v, its output (also wo's input) and the row log-sum-exp.
+    bytes += (2 * s.n * s.d + 2 * s.n * s.kvd) * s.c + s.heads_t * 4 + casts;
+  }
   return bytes + lora_targets_bytes(s, lora, /*attention=*/true);
 }
 
@@ -316,6 +324,8 @@ MemoryBreakdown estimate_training_memory(const ModelArgs& args, const MemoryEsti
   s.kvd = static_cast<double>(args.kv_heads() * args.head_dim());
   s.f = static_cast<double>(args.ffn_hidden());
   s.heads_t2 = b * static_cast<double>(args.n_heads) * t * t;
+  s.heads_t = b * static_cast<double>(args.n_heads) * t;
+  s.scores = o.attention_saves_scores;
   s.autocast = o.precision != "fp32";
   s.c = s.autocast ? 2 : 4;
   s.full = full;

@@ -91,10 +91,11 @@ struct MemoryEstimateOptions {
   int64_t batch = 1;                         // sequences per micro-batch
   int64_t seq_len = 512;                     // tokens per sequence
   RecomputeOptions recompute;                // activation checkpointing policy
+  bool attention_saves_scores = false;       // the attention kernel keeps (H, T, T) probabilities
+                                             // (llt::attention_saves_scores(device))
 };
 
-// An analytic estimate for `args` (Meta's architecture as lib/llt/model implements it, no
-// fused kernels): exact for parameters, gradients and optimizer state; for activations, a count
+// An analytic estimate for `args` (Meta's architecture as lib/llt/model implements it): exact for parameters, gradients and optimizer state; for activations, a count
 // of the tensors autograd saves per block (norms and softmax in fp32, matmul inputs in the
 // compute dtype): 0.76-1.20x the counted bytes on the configurations tests/test_memory.cpp runs.
 // Throws InputError on unknown precision/policy or non-positive batch/seq_len.

@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 #include <torch/nn/init.h>
 
+#include "llt/attention.h"
 #include "llt/errors.h"
 
 namespace llt {
@@ -182,7 +183,6 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const RopeTables& r
                                      torch::Tensor* cache_k, torch::Tensor* cache_v) {
   const int64_t b = x.size(0);
   const int64_t t = x.size(1);
-  const int64_t n_rep = n_heads / n_kv_heads;
   auto q = wq->forward(x).view({b, t, n_heads, head_dim});     // (B, T, H, hd)
   auto k = wk->forward(x).view({b, t, n_kv_heads, head_dim});  // (B, T, KV, hd)
   auto v = wv->forward(x).view({b, t, n_kv_heads, head_dim});  // (B, T, KV, hd)
@@ -200,24 +200,9 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const RopeTables& r
     keys = cache_k->narrow(2, 0, start + t);    // (B, KV, S, hd)
     values = cache_v->narrow(2, 0, start + t);  // (B, KV, S, hd)
   }
-  // Grouped-query attention without copying keys per query head (Meta's repeat_kv): query head
-  // h = g * n_rep + r uses kv head g, so the n_rep query heads of a group are stacked as rows.
-  // (B, T, H, hd) -> (B, KV, n_rep * T, hd)
-  q = q.view({b, t, n_kv_heads, n_rep, head_dim}).permute({0, 2, 3, 1, 4})
-          .reshape({b, n_kv_heads, n_rep * t, head_dim});
-  auto scores = at::matmul(q, keys.transpose(2, 3)) / std::sqrt(static_cast<double>(head_dim));
-  if (t > 1) {  // (B, KV, n_rep * T, S): the (T, S) causal mask repeated for each query head
-    scores = scores + causal_mask(t, start, x.device()).repeat({n_rep, 1});
-  }
-  // Softmax in fp32 (the mask may already have promoted bf16 scores to fp32).
-  auto probs = at::softmax(scores.scalar_type() == torch::kFloat ? scores : scores.to(torch::kFloat),
-                           /*dim=*/-1);
-  if (q.scalar_type() != torch::kFloat) probs = probs.to(q.scalar_type());
-  const auto out = at::matmul(probs, values);  // (B, KV, n_rep * T, hd)
-  // -> (B, T, KV, n_rep, hd) -> (B, T, H * hd)
-  return wo->forward(out.view({b, n_kv_heads, n_rep, t, head_dim})
-                         .permute({0, 3, 1, 2, 4})
-                         .reshape({b, t, n_heads * head_dim}));
+  // (B, H, T, hd) -> (B, T, H * hd): a view of the fused kernel's output, which it lays out so.
+  const auto out = causal_attention(q.transpose(1, 2), keys, values);
+  return wo->forward(out.transpose(1, 2).reshape({b, t, n_heads * head_dim}));
 }
 
 FeedForwardImpl::FeedForwardImpl(const ModelArgs& args, const torch::TensorOptions& options) {

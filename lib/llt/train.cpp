@@ -20,6 +20,7 @@
 #include <torch/csrc/autograd/autograd.h>
 
 #include "llt/amp.h"
+#include "llt/attention.h"
 #include "llt/checkpoint.h"
 #include "llt/dataset.h"
 #include "llt/distributed.h"
@@ -610,6 +611,7 @@ MemoryBreakdown estimate_run_memory(const Run& r, const FinetuneToolOptions& o) 
   e.batch = o.train.batch_size;
   e.seq_len = std::max<int64_t>(1, r.data->manifest().length_histogram.max);
   e.recompute = o.recompute;
+  e.attention_saves_scores = attention_saves_scores(r.device);
   return estimate_training_memory(r.loaded.args, e);
 }
 
