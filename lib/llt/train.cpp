@@ -656,6 +656,7 @@ void write_summary(const Run& r, const FinetuneToolOptions& o, const TrainState&
       {"batch_size", o.train.batch_size},
       {"lora_rank", o.lora.rank},
       {"grad_checkpoint", o.recompute.grad_checkpoint},
+      {"attention", attention_kernel_name(attention_kernel_for(r.device, false))},
       {"base_dtype", dtype_name(o.lora.rank > 0 ? r.base_dtype : r.param_dtype)},
       {"dim", r.loaded.args.dim},
       {"peak_allocated", monitor.peak_allocated()},
