@@ -193,8 +193,8 @@ TEST_F(Memory, EstimateTracksCountedActivations) {
     const std::string what = (c.lora ? "lora " : "full ") + c.precision + " " + c.policy;
     std::printf("%-18s measured %9.0f estimated %9.0f ratio %.3f\n", what.c_str(), measured,
                 estimated, estimated / measured);
-    EXPECT_GT(estimated / measured, 1 / 1.5) << what;
-    EXPECT_LT(estimated / measured, 1.5) << what;
+    EXPECT_GT(estimated / measured, 0.85) << what;  // issue 4's bound: within 15%
+    EXPECT_LT(estimated / measured, 1.15) << what;
   }
 }
 

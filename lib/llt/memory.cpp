@@ -139,9 +139,12 @@ double lora_targets_bytes(const Sizes& s, const LoraOptions& lora, bool attentio
   return bytes;
 }
 
-// RMSNorm in fp32: its input (and rsqrt) always; its output too when its weight trains.
+// RMSNorm in fp32: its input (and rsqrt) always. When its weight trains, also the normalised
+// input (for the weight's gradient) and, without autocast, its output, which the trainable
+// linears after it save (under autocast they save cast copies, counted with them).
 double norm_bytes(const Sizes& s) {
-  return s.n * s.d * 4 * (s.full ? 2 : 1) + s.n * 4;
+  const double tensors = s.full ? (s.autocast ? 2 : 3) : 1;
+  return s.n * s.d * 4 * tensors + s.n * 4;
 }
 
 // attention_norm .. wo (the part `ffn` checkpointing keeps).
@@ -361,6 +364,9 @@ MemoryBreakdown estimate_training_memory(const ModelArgs& args, const MemoryEsti
       norm_bytes(s) + (full && s.autocast ? s.n * s.d * s.c : 0) + s.n * vocab * (s.c + 4);
   const double head_w = casts ? vocab * s.d * s.c : 0;  // the output projection's cast copy
   m.activations = static_cast<int64_t>(blocks + head + head_w);
+  // Cross-entropy's backward: the gradient of the log-probs and that of the logits, both fp32,
+  // alive together before log-softmax's saved output is freed.
+  m.loss_backward = static_cast<int64_t>(2 * s.n * vocab * 4);
   if (policy == RecomputePolicy::kBlock || policy == RecomputePolicy::kEveryK) {
     m.recompute = static_cast<int64_t>(attention + attention_w + ffn + ffn_w);
   } else if (policy == RecomputePolicy::kFfn) {

@@ -74,13 +74,16 @@ struct MemoryBreakdown {
   int64_t activations = 0;      // held at the end of the forward: saved for backward, logits
                                 // and their fp32 log-probabilities
   int64_t recompute = 0;        // checkpointing: one recomputed block's activations in backward
+  int64_t loss_backward = 0;    // backward's first steps: the fp32 gradients of the log-probs
+                                // and of the logits, (B, T, V) each, beside the activations
   int64_t optimizer_temporaries = 0;  // AdamW's step: sqrt(exp_avg_sq) and its quotient, both
                                       // the size of the parameter being updated (the largest one)
-  // The peak: what stays allocated, plus the larger of the two transients (the backward's
-  // activations, or the optimizer step's temporaries; they are never alive together).
+  // The peak: what stays allocated, plus the largest transient: the backward's activations with
+  // the loss's gradients (at its start) or a recomputed block (later, once those are freed), or
+  // the optimizer step's temporaries (never alive with activations).
   int64_t total() const {
     return parameters + gradients + optimizer_state +
-           std::max(activations + recompute, optimizer_temporaries);
+           std::max(activations + std::max(recompute, loss_backward), optimizer_temporaries);
   }
 };
 
@@ -95,9 +98,12 @@ struct MemoryEstimateOptions {
                                              // (llt::attention_saves_scores(device))
 };
 
-// An analytic estimate for `args` (Meta's architecture as lib/llt/model implements it): exact for parameters, gradients and optimizer state; for activations, a count
-// of the tensors autograd saves per block (norms and softmax in fp32, matmul inputs in the
-// compute dtype): 0.76-1.20x the counted bytes on the configurations tests/test_memory.cpp runs.
+// An analytic estimate for `args` (Meta's architecture as lib/llt/model implements it): exact
+// for parameters, gradients and optimizer state; for activations, a count of the tensors autograd
+// saves per block (norms in fp32, matmul inputs in the compute dtype, the attention kernel's
+// inputs and output): 0.98-1.14x the counted bytes on the configurations tests/test_memory.cpp
+// runs (full fine-tuning exact; LoRA over by what the first block, whose input needs no
+// gradient, does not save).
 // Throws InputError on unknown precision/policy or non-positive batch/seq_len.
 MemoryBreakdown estimate_training_memory(const ModelArgs& args,
                                          const MemoryEstimateOptions& options);

@@ -111,7 +111,10 @@ RMSNormImpl::RMSNormImpl(int64_t dim, double eps_, const torch::TensorOptions& o
 torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
   const bool fp32 = x.scalar_type() == torch::kFloat;
   const auto xf = fp32 ? x : x.to(torch::kFloat);
-  const auto normed = xf * at::rsqrt(xf.pow(2).mean(/*dim=*/-1, /*keepdim=*/true) + eps);
+  // sum / dim, as mean computes it, but mean's autograd node in LibTorch 1.13 keeps its input
+  // (x^2, one more activation the size of x per norm); sum's keeps only sizes.
+  const auto mean_square = xf.pow(2).sum(/*dim=*/-1, /*keepdim=*/true) / static_cast<double>(xf.size(-1));
+  const auto normed = xf * at::rsqrt(mean_square + eps);
   return (fp32 ? normed : normed.to(x.scalar_type())) * weight;
 }
 

@@ -621,6 +621,7 @@ nlohmann::json breakdown_json(const MemoryBreakdown& b) {
           {"optimizer_state", b.optimizer_state},
           {"activations", b.activations},
           {"recompute", b.recompute},
+          {"loss_backward", b.loss_backward},
           {"optimizer_temporaries", b.optimizer_temporaries},
           {"total", b.total()}};
 }
@@ -820,7 +821,8 @@ int run_finetune(const FinetuneToolOptions& o) {
               << format_bytes(estimate.gradients) << ", optimizer "
               << format_bytes(estimate.optimizer_state) << ", activations "
               << format_bytes(estimate.activations) << ", recomputed block "
-              << format_bytes(estimate.recompute) << ", optimizer step temporaries "
+              << format_bytes(estimate.recompute) << ", loss gradients "
+              << format_bytes(estimate.loss_backward) << ", optimizer step temporaries "
               << format_bytes(estimate.optimizer_temporaries) << ", peak "
               << format_bytes(estimate.total()) << "\n";
   }
