@@ -1,6 +1,10 @@
 #include "llt/memory.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstdlib>
 #include <atomic>
 #include <fstream>
 #include <limits>
@@ -37,10 +41,54 @@ std::atomic<int64_t> g_cap{0};  // 0 = none
 // the size are kept here until the deleter is called with the data pointer.
 struct CountedAllocation {
   c10::DataPtr inner;
-  int64_t bytes;
+  int64_t bytes;  // requested
+  int64_t block;  // the cached block's size (bytes rounded up), 0 when not cacheable
 };
-std::mutex g_live_mutex;
+std::mutex g_live_mutex;  // guards g_live, g_idle and g_idle_bytes
 std::unordered_map<void*, CountedAllocation>* g_live = nullptr;  // never destroyed (exit order)
+
+// Large-block cache. glibc serves blocks from 32 MiB up (llt's M_MMAP_THRESHOLD, glibc's maximum)
+// with fresh mmap'd pages, which the kernel zeroes on first touch and takes back on free. A
+// training step allocates the same large tensors every time (gradients, autocast's weight copies,
+// AdamW's temporaries): gigabytes of page faults a step for the 7B shape, where the kernel's
+// page clearing was over half of the profile. Freed blocks this large are kept, by size rounded
+// to 2 MiB, and handed out again for the same size; a failed allocation empties the cache and
+// retries. Counted bytes (current, peak, the cap) stay the requested bytes; idle cached bytes
+// are reported as reserved on top, as CUDA's caching allocator reports them.
+constexpr int64_t kCacheMinBytes = int64_t{32} << 20;
+constexpr int64_t kCacheGranule = int64_t{2} << 20;
+std::unordered_multimap<int64_t, c10::DataPtr>* g_idle = nullptr;  // block size -> free blocks
+int64_t g_idle_bytes = 0;
+std::atomic<int64_t> g_idle_bytes_now{0};  // g_idle_bytes, readable without the lock
+std::atomic<int64_t> g_cache_limit{0};     // most idle bytes kept; 0 = no caching
+
+int64_t cache_block_size(int64_t bytes) {
+  if (bytes < kCacheMinBytes || g_cache_limit.load() <= 0) return 0;
+  return (bytes + kCacheGranule - 1) / kCacheGranule * kCacheGranule;
+}
+
+// Takes an idle block of exactly `block` bytes, or returns an empty DataPtr.
+c10::DataPtr take_idle(int64_t block) {
+  std::lock_guard<std::mutex> lock(g_live_mutex);
+  auto it = g_idle->find(block);
+  if (it == g_idle->end()) return {};
+  c10::DataPtr out = std::move(it->second);
+  g_idle->erase(it);
+  g_idle_bytes -= block;
+  g_idle_bytes_now.store(g_idle_bytes);
+  return out;
+}
+
+void empty_idle_cache() {
+  std::unordered_multimap<int64_t, c10::DataPtr> released;  // freed after the lock is dropped
+  {
+    std::lock_guard<std::mutex> lock(g_live_mutex);
+    if (g_idle == nullptr) return;
+    released.swap(*g_idle);
+    g_idle_bytes = 0;
+    g_idle_bytes_now.store(0);
+  }
+}
 
 void free_counted(void* data) {
   CountedAllocation allocation;
@@ -50,9 +98,14 @@ void free_counted(void* data) {
     if (it == g_live->end()) return;  // not ours: cannot happen for pointers we handed out
     allocation = std::move(it->second);
     g_live->erase(it);
+    if (allocation.block > 0 && g_idle_bytes + allocation.block <= g_cache_limit.load()) {
+      g_idle->emplace(allocation.block, std::move(allocation.inner));
+      g_idle_bytes += allocation.block;
+      g_idle_bytes_now.store(g_idle_bytes);
+    }
   }
   g_current.fetch_sub(allocation.bytes);
-}  // allocation.inner frees the memory through the wrapped allocator's deleter
+}  // an uncached allocation.inner frees the memory through the wrapped allocator's deleter
 
 void raise_peak(int64_t now) {
   int64_t peak = g_peak.load();
@@ -74,13 +127,22 @@ class CountingAllocator final : public compat::AllocatorBase {
                              " bytes with " + std::to_string(now - bytes) +
                              " in use would exceed the cap of " + std::to_string(cap) + " bytes");
     }
-    c10::DataPtr inner;
-    try {
-      inner = inner_->allocate(n);
-    } catch (const c10::Error& e) {
-      g_current.fetch_sub(bytes);
-      throw OutOfMemoryError("host allocation of " + std::to_string(bytes) +
-                             " bytes failed: " + e.what_without_backtrace());
+    const int64_t block = cache_block_size(bytes);
+    c10::DataPtr inner = block > 0 ? take_idle(block) : c10::DataPtr();
+    if (!inner) {
+      const auto size = static_cast<size_t>(block > 0 ? block : bytes);
+      try {
+        inner = inner_->allocate(size);
+      } catch (const c10::Error&) {
+        empty_idle_cache();  // give the cached blocks back and try once more
+        try {
+          inner = inner_->allocate(size);
+        } catch (const c10::Error& e) {
+          g_current.fetch_sub(bytes);
+          throw OutOfMemoryError("host allocation of " + std::to_string(bytes) +
+                                 " bytes failed: " + e.what_without_backtrace());
+        }
+      }
     }
     void* data = inner.get();
     if (data == nullptr) {  // zero bytes: nothing to count
@@ -91,7 +153,7 @@ class CountingAllocator final : public compat::AllocatorBase {
     g_allocations.fetch_add(1);
     {
       std::lock_guard<std::mutex> lock(g_live_mutex);
-      g_live->emplace(data, CountedAllocation{std::move(inner), bytes});
+      g_live->emplace(data, CountedAllocation{std::move(inner), bytes, block});
     }
     return {data, data, &free_counted, c10::Device(c10::kCPU)};
   }
@@ -184,6 +246,7 @@ void install_host_memory_counter() {
   std::lock_guard<std::mutex> lock(g_install_mutex);
   if (g_counter != nullptr) return;
   g_live = new std::unordered_map<void*, CountedAllocation>();
+  g_idle = new std::unordered_multimap<int64_t, c10::DataPtr>();
   g_counter = new CountingAllocator(c10::GetCPUAllocator());
   c10::SetCPUAllocator(g_counter, /*priority=*/0);
   if (c10::GetCPUAllocator() != g_counter) {
@@ -199,8 +262,38 @@ bool host_memory_counter_installed() {
 }
 
 HostMemoryStats host_memory_stats() {
-  return {g_current.load(), g_peak.load(), g_allocations.load()};
+  return {g_current.load(), g_peak.load(), g_allocations.load(), g_idle_bytes_now.load()};
 }
+
+void set_host_cache_limit(int64_t bytes) {
+  g_cache_limit.store(std::max<int64_t>(bytes, 0));
+  if (bytes <= 0) empty_idle_cache();
+}
+
+int64_t host_cache_limit() { return g_cache_limit.load(); }
+
+int64_t host_cache_limit_from_env() {
+  constexpr int64_t kMiB = int64_t{1} << 20;
+  auto megabytes = [](const char* name, const char* value) {
+    char* end = nullptr;
+    errno = 0;
+    const long long mb = std::strtoll(value, &end, 10);
+    if (end == value || *end != '\0' || mb < 0 || errno != 0) {
+      throw InputError(std::string(name) + ": expected a non-negative number of MB, got '" +
+                       value + "'");
+    }
+    return static_cast<int64_t>(mb) * kMiB;
+  };
+  if (const char* v = std::getenv("LLT_HOST_CACHE_MB")) return megabytes("LLT_HOST_CACHE_MB", v);
+  int64_t memory = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE);
+  if (const char* v = std::getenv("SLURM_MEM_PER_NODE")) {
+    const int64_t job = megabytes("SLURM_MEM_PER_NODE", v);
+    if (job > 0) memory = std::min(memory, job);
+  }
+  return std::min<int64_t>(memory / 4, 8192 * kMiB);
+}
+
+void empty_host_cache() { empty_idle_cache(); }
 
 void reset_host_peak() {
   g_peak.store(g_current.load());
@@ -268,7 +361,8 @@ MemorySample sample_memory(const c10::Device& device) {
     s.peak_reserved = d.peak_reserved;
   } else {
     const auto h = host_memory_stats();
-    s.allocated = s.reserved = h.current;
+    s.allocated = h.current;
+    s.reserved = h.current + h.cached;
     s.peak_allocated = s.peak_reserved = h.peak;
   }
   const auto p = process_memory();

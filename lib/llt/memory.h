@@ -22,6 +22,7 @@ struct HostMemoryStats {
   int64_t current = 0;      // bytes held now
   int64_t peak = 0;         // most held at once since install or reset_host_peak()
   int64_t allocations = 0;  // allocate() calls counted
+  int64_t cached = 0;       // idle bytes in the large-block cache (not counted in current)
 };
 
 // Wraps the CPU allocator with the counter (process-wide; later calls do nothing). Tensors that
@@ -36,6 +37,18 @@ void reset_host_peak();               // peak = current
 // throws OutOfMemoryError instead (0 = no cap). A real allocation failure of the wrapped
 // allocator is reported as OutOfMemoryError too.
 void set_host_memory_cap(int64_t bytes);
+
+// The counting allocator's cache of freed large blocks (32 MiB and up, which glibc would return
+// to the kernel and fault in again, zeroed, at the next allocation): at most `bytes` idle bytes
+// kept, reused for requests of the same size (rounded to 2 MiB); 0 turns caching off and frees
+// what is kept. Off until set. A failed allocation empties the cache and retries.
+void set_host_cache_limit(int64_t bytes);
+// The limit llt-finetune uses: LLT_HOST_CACHE_MB if set (0 = off; InputError if not a
+// non-negative integer), else a quarter of the memory the job may use (physical memory, or
+// SLURM_MEM_PER_NODE when set), at most 8 GiB.
+int64_t host_cache_limit_from_env();
+int64_t host_cache_limit();
+void empty_host_cache();
 
 // The CUDA caching allocator's counters for one device.
 struct DeviceMemoryStats {

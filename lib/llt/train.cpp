@@ -733,6 +733,7 @@ int run_finetune(const FinetuneToolOptions& o) {
     }
   };
   install_host_memory_counter();  // before the model loads, so its bytes are counted
+  set_host_cache_limit(host_cache_limit_from_env());
   Run r = prepare_run(o, dist);
 
   AdamW optimizer(r.params.trainable, o.optim);
