@@ -286,9 +286,10 @@ int64_t host_cache_limit_from_env() {
   };
   if (const char* v = std::getenv("LLT_HOST_CACHE_MB")) return megabytes("LLT_HOST_CACHE_MB", v);
   int64_t memory = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE);
-  if (const char* v = std::getenv("SLURM_MEM_PER_NODE")) {
-    const int64_t job = megabytes("SLURM_MEM_PER_NODE", v);
-    if (job > 0) memory = std::min(memory, job);
+  if (const char* v = std::getenv("SLURM_MEM_PER_NODE")) {  // SLURM's own: MB; else ignored
+    char* end = nullptr;
+    const long long mb = std::strtoll(v, &end, 10);
+    if (end != v && *end == '\0' && mb > 0) memory = std::min(memory, int64_t{mb} * kMiB);
   }
   return std::min<int64_t>(memory / 4, 8192 * kMiB);
 }

@@ -45,7 +45,7 @@ void set_host_memory_cap(int64_t bytes);
 void set_host_cache_limit(int64_t bytes);
 // The limit llt-finetune uses: LLT_HOST_CACHE_MB if set (0 = off; InputError if not a
 // non-negative integer), else a quarter of the memory the job may use (physical memory, or
-// SLURM_MEM_PER_NODE when set), at most 8 GiB.
+// SLURM_MEM_PER_NODE when it holds a number of MB), at most 8 GiB.
 int64_t host_cache_limit_from_env();
 int64_t host_cache_limit();
 void empty_host_cache();
