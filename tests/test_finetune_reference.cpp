@@ -25,8 +25,8 @@
 #include "llt/checkpoint.h"
 #include "llt/dataset.h"
 #include "llt/lora.h"
+#include "llt/loss.h"
 #include "llt/recompute.h"
-#include "llt/train.h"
 
 namespace llt {
 namespace {
@@ -150,8 +150,9 @@ struct StepResult {
 StepResult train_step(Transformer& model, const Golden& g, const std::string& policy) {
   RecomputeOptions recompute;
   recompute.grad_checkpoint = policy;
-  const auto logits = forward_with_checkpointing(*model, g.input_ids, recompute);
-  const auto loss = label_token_loss_sum(logits, g.labels) / static_cast<double>(g.label_tokens);
+  // The loss as llt-finetune computes it (the output projection on label rows only).
+  const auto loss = model_label_loss_sum(*model, g.input_ids, g.labels, recompute) /
+                    static_cast<double>(g.label_tokens);
   loss.backward();
   StepResult r;
   r.loss = loss.item<double>();

@@ -13,6 +13,7 @@
 #include "llt/amp.h"
 #include "llt/errors.h"
 #include "llt/lora.h"
+#include "llt/loss.h"
 #include "llt/memory.h"
 #include "llt/model.h"
 #include "llt/optim.h"
@@ -276,7 +277,7 @@ TEST(MemoryEstimate, CheckpointingOrdersActivations) {
   EXPECT_THROW(estimate_training_memory(args, o), InputError);
 }
 
-// Counted bytes the forward leaves alive (saved activations, logits, fp32 log-probs) against the
+// Counted bytes the forward leaves alive (saved activations, the scored rows' fp32 log-probs) against the
 // estimate, on a small model where nothing but activations is allocated in between.
 TEST_F(Memory, EstimateTracksCountedActivations) {
   ModelArgs args = preset_args("tiny");
@@ -309,21 +310,22 @@ TEST_F(Memory, EstimateTracksCountedActivations) {
     o.recompute.grad_checkpoint = c.policy;
     model->train();
     const auto tokens = at::randint(256, {2, 64}, at::TensorOptions().dtype(at::kLong));
+    auto labels = tokens.clone();
+    labels.narrow(/*dim=*/1, 0, 30).fill_(-100);  // a prompt of 30 tokens: 2 * 34 label tokens
+    o.loss_rows = 2 * 34;
     const int64_t before = host_memory_stats().current;
-    at::Tensor logits;
-    {
-      std::optional<AutocastGuard> autocast;
-      if (c.precision == "bf16") autocast.emplace(c10::DeviceType::CPU, c10::kBFloat16);
-      logits = forward_with_checkpointing(*model, tokens, o.recompute);
-    }
-    const auto log_probs = at::log_softmax(logits.to(at::kFloat), /*dim=*/-1);
+    std::optional<c10::ScalarType> autocast;
+    if (c.precision == "bf16") autocast = c10::kBFloat16;
+    // The loss as llt-finetune computes it; what it holds until backward is what we count.
+    const auto loss = model_label_loss_sum(*model, tokens, labels, o.recompute, autocast);
     const double measured = static_cast<double>(host_memory_stats().current - before);
     const double estimated = static_cast<double>(estimate_training_memory(args, o).activations);
     const std::string what = (c.lora ? "lora " : "full ") + c.precision + " " + c.policy;
     std::printf("%-18s measured %9.0f estimated %9.0f ratio %.3f\n", what.c_str(), measured,
                 estimated, estimated / measured);
-    EXPECT_GT(estimated / measured, 0.85) << what;  // issue 4's bound: within 15%
-    EXPECT_LT(estimated / measured, 1.15) << what;
+    // Issue 4 asks for 15%; the estimate does better, and a regression should show.
+    EXPECT_GT(estimated / measured, 0.94) << what;
+    EXPECT_LT(estimated / measured, 1.06) << what;
   }
 }
 

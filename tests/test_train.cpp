@@ -79,16 +79,6 @@ nlohmann::json summary(const FinetuneToolOptions& o) {
   return nlohmann::json::parse(read_file(fs::path(o.output) / "summary.json"));
 }
 
-TEST(Loss, LabelTokenSumIgnoresMaskedPositions) {
-  const auto logits = at::randn({2, 4, 7});
-  auto labels = at::tensor({-100, -100, 3, 5, -100, 1, 2, -100}, at::kLong).view({2, 4});
-  const double got = label_token_loss_sum(logits, labels).item<double>();
-  // By hand: positions t predict labels[t + 1]: (0,1)->3, (0,2)->5, (1,0)->1, (1,1)->2.
-  const auto logp = at::log_softmax(logits.to(at::kDouble), -1);
-  const double want = -(logp[0][1][3] + logp[0][2][5] + logp[1][0][1] + logp[1][1][2]).item<double>();
-  EXPECT_NEAR(got, want, 1e-5);
-}
-
 TEST(Finetune, LoraRunWritesTheRunFolderAndLowersTheLoss) {
   auto o = base_options("lora");
   o.train.epochs = 3;

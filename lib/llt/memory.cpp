@@ -453,15 +453,30 @@ MemoryBreakdown estimate_training_memory(const ModelArgs& args, const MemoryEsti
       blocks += attention + attention_w + ffn + ffn_w;
     }
   }
-  // Head: final norm (its input), output projection input when it trains, logits, log-probs.
+  // LoRA's first block, when its attention half keeps activations: its input (the frozen
+  // embedding's output) needs no gradient, and neither does attention_norm's output, so that
+  // norm saves nothing, wq/wk/wv keep no cast weight copy, and their adapters' dropout keeps no
+  // mask (only the dropped input, for A's gradient).
+  const bool first_whole = policy == RecomputePolicy::kBlock || policy == RecomputePolicy::kEveryK;
+  if (!full && args.n_layers > 0 && !first_whole) {
+    blocks -= norm_bytes(s);
+    if (casts) blocks -= (s.d * s.d + 2 * s.d * s.kvd) * s.c;
+    for (const auto& t : o.lora.targets) {
+      if (o.lora.dropout > 0 && (t == "wq" || t == "wk" || t == "wv")) blocks -= s.n * s.d * 4;
+    }
+  }
+  // Head (lib/llt/loss): the final norm's saved tensors (its output is not among them: the
+  // projection takes a gathered copy of the scored rows, which it saves when it trains), and the
+  // fp32 log-probs of the scored rows, which cross-entropy keeps (the logits are gone by then).
   const double vocab = static_cast<double>(args.vocab_size);
-  const double head =
-      norm_bytes(s) + (full && s.autocast ? s.n * s.d * s.c : 0) + s.n * vocab * (s.c + 4);
+  const double rows = o.loss_rows > 0 ? static_cast<double>(o.loss_rows) : s.n;
+  const double head = s.n * s.d * 4 * (full ? 2 : 1) + s.n * 4 +
+                      (full ? rows * s.d * (s.autocast ? s.c : 4) : 0) + rows * vocab * 4;
   const double head_w = casts ? vocab * s.d * s.c : 0;  // the output projection's cast copy
   m.activations = static_cast<int64_t>(blocks + head + head_w);
   // Cross-entropy's backward: the gradient of the log-probs and that of the logits, both fp32,
   // alive together before log-softmax's saved output is freed.
-  m.loss_backward = static_cast<int64_t>(2 * s.n * vocab * 4);
+  m.loss_backward = static_cast<int64_t>(2 * rows * vocab * 4);
   if (policy == RecomputePolicy::kBlock || policy == RecomputePolicy::kEveryK) {
     m.recompute = static_cast<int64_t>(attention + attention_w + ffn + ffn_w);
   } else if (policy == RecomputePolicy::kFfn) {

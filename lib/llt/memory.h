@@ -84,11 +84,11 @@ struct MemoryBreakdown {
   int64_t parameters = 0;       // frozen base weights in base_dtype + trainable ones in fp32
   int64_t gradients = 0;        // fp32, trainable only
   int64_t optimizer_state = 0;  // AdamW exp_avg + exp_avg_sq, fp32, trainable only
-  int64_t activations = 0;      // held at the end of the forward: saved for backward, logits
+  int64_t activations = 0;      // held at the end of the forward: saved for backward, log-probs
                                 // and their fp32 log-probabilities
   int64_t recompute = 0;        // checkpointing: one recomputed block's activations in backward
   int64_t loss_backward = 0;    // backward's first steps: the fp32 gradients of the log-probs
-                                // and of the logits, (B, T, V) each, beside the activations
+                                // and of the logits, (rows, V) each, beside the activations
   int64_t optimizer_temporaries = 0;  // AdamW's step: sqrt(exp_avg_sq) and its quotient, both
                                       // the size of the parameter being updated (the largest one)
   // The peak: what stays allocated, plus the largest transient: the backward's activations with
@@ -106,6 +106,9 @@ struct MemoryEstimateOptions {
   c10::ScalarType base_dtype = c10::kFloat;  // storage of frozen base weights (LoRA)
   int64_t batch = 1;                         // sequences per micro-batch
   int64_t seq_len = 512;                     // tokens per sequence
+  int64_t loss_rows = 0;                     // positions the loss scores per micro-batch (label
+                                             // tokens: the output projection's rows);
+                                             // 0 = batch * seq_len
   RecomputeOptions recompute;                // activation checkpointing policy
   bool attention_saves_scores = false;       // the attention kernel keeps (H, T, T) probabilities
                                              // (llt::attention_saves_scores(device))
@@ -114,9 +117,9 @@ struct MemoryEstimateOptions {
 // An analytic estimate for `args` (Meta's architecture as lib/llt/model implements it): exact
 // for parameters, gradients and optimizer state; for activations, a count of the tensors autograd
 // saves per block (norms in fp32, matmul inputs in the compute dtype, the attention kernel's
-// inputs and output): 0.98-1.14x the counted bytes on the configurations tests/test_memory.cpp
-// runs (full fine-tuning exact; LoRA over by what the first block, whose input needs no
-// gradient, does not save).
+// inputs and output, LoRA's first block without what its gradient-free input spares, the
+// scored rows' log-probs): 0.96-1.00x the counted bytes on the configurations
+// tests/test_memory.cpp runs (fp32 exact to a few kB without checkpointing).
 // Throws InputError on unknown precision/policy or non-positive batch/seq_len.
 MemoryBreakdown estimate_training_memory(const ModelArgs& args,
                                          const MemoryEstimateOptions& options);

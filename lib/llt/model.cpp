@@ -253,6 +253,14 @@ TransformerImpl::TransformerImpl(const ModelArgs& args, const torch::TensorOptio
 }
 
 torch::Tensor TransformerImpl::forward(const torch::Tensor& tokens, KVCache* cache) {
+  return logits(hidden(tokens, cache));  // (B, T, V)
+}
+
+torch::Tensor TransformerImpl::logits(const torch::Tensor& hidden) {
+  return output ? output->forward(hidden) : at::linear(hidden, tok_embeddings->weight);
+}
+
+torch::Tensor TransformerImpl::hidden(const torch::Tensor& tokens, KVCache* cache) {
   TORCH_CHECK(tokens.dim() == 2, "tokens must be (B, T), got ", tokens.sizes());
   const int64_t start = cache != nullptr ? cache->length : 0;
   auto h = tok_embeddings->forward(tokens);  // (B, T, D)
@@ -261,10 +269,8 @@ torch::Tensor TransformerImpl::forward(const torch::Tensor& tokens, KVCache* cac
     torch::Tensor* v = cache != nullptr ? &cache->v.at(i) : nullptr;
     h = block(i).forward(h, rope_, start, k, v);
   }
-  h = norm->forward(h);
   if (cache != nullptr) cache->length += tokens.size(1);
-  // (B, T, V)
-  return output ? output->forward(h) : at::linear(h, tok_embeddings->weight);
+  return norm->forward(h);  // (B, T, D)
 }
 
 void TransformerImpl::init_random(uint64_t seed) {

@@ -160,6 +160,11 @@ class TransformerImpl : public torch::nn::Module {
   // [cache->length, cache->length + T) and cache->length advances by T.
   torch::Tensor forward(const torch::Tensor& tokens, KVCache* cache = nullptr);
 
+  // forward() in two halves: the final norm's output (B, T, D), and the output projection of
+  // any (..., D) rows of it. Training and scoring project only the rows whose next token counts.
+  torch::Tensor hidden(const torch::Tensor& tokens, KVCache* cache = nullptr);
+  torch::Tensor logits(const torch::Tensor& hidden);
+
   // Deterministic random weights for tests and benchmarks: normal(0, 0.02) for matrices,
   // 1 + normal(0, 0.1) for norm weights, from a generator seeded with `seed`.
   void init_random(uint64_t seed);

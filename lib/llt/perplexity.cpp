@@ -8,6 +8,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include "llt/errors.h"
+#include "llt/loss.h"
 
 namespace llt {
 namespace {
@@ -51,14 +52,14 @@ void score_batch(TransformerImpl& model, const std::vector<ScoredSequence>& sequ
     result.forward_tokens += static_cast<int64_t>(s.ids.size());
   }
   const auto device = model.tok_embeddings->weight.device();
-  const auto logits = model.forward(input.to(device));  // (B, T, V), compute dtype
-  const int64_t vocab = logits.size(-1);
-  // logits[:, t] predict targets[:, t + 1]; fp32 log-softmax whatever the compute dtype.
-  const auto nll = at::cross_entropy_loss(
-      logits.slice(/*dim=*/1, 0, t - 1).to(at::kFloat).reshape({-1, vocab}),
-      targets.slice(/*dim=*/1, 1).reshape({-1}).to(device), /*weight=*/{}, at::Reduction::None,
-      /*ignore_index=*/kIgnoreIndex);  // (B * (T - 1)), 0 where ignored
-  const auto sums = nll.reshape({b, t - 1}).to(at::kDouble).sum(/*dim=*/1).cpu();  // (B)
+  // hidden[:, t] predicts targets[:, t + 1]: only scored positions go through the output
+  // projection (lib/llt/loss); fp32 log-softmax whatever the compute dtype.
+  const auto scored = select_scored_rows(model.hidden(input.to(device)), targets.to(device));
+  const auto nll = at::cross_entropy_loss(model.logits(scored.hidden).to(at::kFloat),
+                                          scored.targets, /*weight=*/{}, at::Reduction::None);
+  const auto sums = at::zeros({b}, nll.options().dtype(at::kDouble))  // (B)
+                        .index_add_(0, at::div(scored.rows, std::max<int64_t>(t - 1, 1), "floor"), nll.to(at::kDouble))
+                        .cpu();
   const auto* sum = sums.data_ptr<double>();
   for (size_t i = first; i < last; ++i) {
     const auto& s = sequences[i];

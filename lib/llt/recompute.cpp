@@ -205,9 +205,14 @@ at::Tensor checkpoint(RecomputedFn fn, const at::Tensor& x, const std::vector<at
 
 at::Tensor forward_with_checkpointing(TransformerImpl& model, const at::Tensor& tokens,
                                       const RecomputeOptions& options) {
+  return model.logits(hidden_with_checkpointing(model, tokens, options));  // (B, T, V)
+}
+
+at::Tensor hidden_with_checkpointing(TransformerImpl& model, const at::Tensor& tokens,
+                                     const RecomputeOptions& options) {
   validate_recompute_options(options);
   const RecomputePolicy policy = parse_recompute_policy(options.grad_checkpoint);
-  if (policy == RecomputePolicy::kNone) return model.forward(tokens);
+  if (policy == RecomputePolicy::kNone) return model.hidden(tokens);
   TORCH_CHECK(tokens.dim() == 2, "tokens must be (B, T), got ", tokens.sizes());
 
   // TransformerImpl::forward without a cache (start 0), block by block.
@@ -224,9 +229,7 @@ at::Tensor forward_with_checkpointing(TransformerImpl& model, const at::Tensor& 
       h = block->forward(h, rope, 0, nullptr, nullptr);
     }
   }
-  h = model.norm->forward(h);
-  // (B, T, V)
-  return model.output ? model.output->forward(h) : at::linear(h, model.tok_embeddings->weight);
+  return model.norm->forward(h);  // (B, T, D)
 }
 
 }  // namespace llt

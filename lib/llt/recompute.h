@@ -42,4 +42,8 @@ at::Tensor checkpoint(RecomputedFn fn, const at::Tensor& x, const std::vector<at
 at::Tensor forward_with_checkpointing(TransformerImpl& model, const at::Tensor& tokens,
                                       const RecomputeOptions& options);
 
+// Its first half: the final norm's output (B, T, D) (TransformerImpl::hidden, checkpointed).
+at::Tensor hidden_with_checkpointing(TransformerImpl& model, const at::Tensor& tokens,
+                                     const RecomputeOptions& options);
+
 }  // namespace llt

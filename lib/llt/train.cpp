@@ -27,6 +27,7 @@
 #include "llt/errors.h"
 #include "llt/io.h"
 #include "llt/lora.h"
+#include "llt/loss.h"
 #include "llt/recompute.h"
 #include "llt/runtime.h"
 #include "llt/safetensors.h"
@@ -243,22 +244,6 @@ void truncate_metrics(const fs::path& path, int64_t step) {
   write_file_atomic(path, kept, /*overwrite=*/true);
 }
 
-}  // namespace
-
-at::Tensor label_token_loss_sum(const at::Tensor& logits, const at::Tensor& labels) {
-  const int64_t vocab = logits.size(-1);
-  // logits[:, t] predicts labels[:, t + 1]
-  const auto shifted_logits = logits.slice(/*dim=*/1, 0, -1).to(at::kFloat).reshape({-1, vocab});
-  const auto shifted_labels = labels.slice(/*dim=*/1, 1).reshape({-1});
-  return at::cross_entropy_loss(shifted_logits, shifted_labels, /*weight=*/{},
-                                at::Reduction::Sum, /*ignore_index=*/kIgnoreIndex);
-}
-
-}  // namespace llt
-
-namespace llt {
-namespace {
-
 // Everything the loop needs, resolved and loaded.
 struct Run {
   fs::path dir;
@@ -402,15 +387,10 @@ double accumulate_gradients(Run& r, const FinetuneToolOptions& o, const Window& 
   double loss_sum = 0;
   for (const auto& batch : w.batches) {
     const int64_t forward_start = allocated_now(r.device);
-    at::Tensor logits;
-    {
-      std::optional<AutocastGuard> autocast;
-      if (r.precision != "fp32") {
-        autocast.emplace(r.device.type(), r.precision == "bf16" ? at::kBFloat16 : at::kHalf);
-      }
-      logits = forward_with_checkpointing(model, batch.input_ids.to(r.device), o.recompute);
-    }
-    const auto sum = label_token_loss_sum(logits, batch.labels.to(r.device));
+    std::optional<c10::ScalarType> autocast;
+    if (r.precision != "fp32") autocast = r.precision == "bf16" ? at::kBFloat16 : at::kHalf;
+    const auto sum = model_label_loss_sum(model, batch.input_ids.to(r.device),
+                                          batch.labels.to(r.device), o.recompute, autocast);
     activations = std::max(activations, allocated_now(r.device) - forward_start);
     if (mark && &batch == &w.batches.front()) mark("after_first_forward");
     // tokens: every label token of the window weighs the same, so N micro-batches of 1 give the
@@ -602,7 +582,8 @@ std::string format_duration(double seconds) {
   return out.str();
 }
 
-// The analytic estimate for the run's longest micro-batch (every batch holds the longest sample).
+// The analytic estimate for the run's longest micro-batch (every batch holds the longest sample,
+// and the most label tokens of any sample).
 MemoryBreakdown estimate_run_memory(const Run& r, const FinetuneToolOptions& o) {
   MemoryEstimateOptions e;
   e.lora = o.lora;
@@ -610,6 +591,12 @@ MemoryBreakdown estimate_run_memory(const Run& r, const FinetuneToolOptions& o) 
   e.base_dtype = o.lora.rank > 0 ? r.base_dtype : r.param_dtype;
   e.batch = o.train.batch_size;
   e.seq_len = std::max<int64_t>(1, r.data->manifest().length_histogram.max);
+  int64_t most_labels = 1;  // the loss scores the label tokens only
+  for (int64_t i = 0; i < r.data->size(); ++i) {
+    const auto sample = r.data->sample(i);
+    most_labels = std::max<int64_t>(most_labels, sample.length - sample.source_length);
+  }
+  e.loss_rows = e.batch * most_labels;
   e.recompute = o.recompute;
   e.attention_saves_scores = attention_saves_scores(r.device);
   return estimate_training_memory(r.loaded.args, e);

@@ -12,10 +12,6 @@
 
 namespace llt {
 
-// Sum of next-token cross-entropy over label tokens, in fp32: logits (B, T, V) at position t
-// predict labels (B, T) at t + 1; labels equal to -100 (prompt, padding) are ignored.
-at::Tensor label_token_loss_sum(const at::Tensor& logits, const at::Tensor& labels);
-
 // Runs llt-finetune end to end and returns the exit code (0, 3 oom, 4 nan, 75 preempted).
 // Throws llt::Error on bad input before training starts.
 int run_finetune(const FinetuneToolOptions& options);
