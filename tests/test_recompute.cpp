@@ -128,6 +128,70 @@ TEST(Recompute, Bf16AutocastGradientsBitwiseEqual) {
   check_all_policies(Training::kFull, true);
 }
 
+// What the recomputation runs in place of w2: the graph of forward(x) without its values.
+// Gradients for x and the weight are the same bits as forward's, for a plain and a LoRA linear,
+// in fp32 and under bf16 autocast (fp32 weight: cast copy; bf16 weight and input: none), with the
+// weight trainable or frozen; the output is zero, in forward's shape and dtype.
+TEST(Recompute, ForwardForGradientsHasTheGradientsOfForward) {
+  for (const bool lora : {false, true}) {
+    for (const bool bf16 : {false, true}) {
+      for (const bool bf16_operands : {false, true}) {
+        if (bf16_operands && !bf16) continue;
+        for (const bool weight_trains : {false, true}) {
+          const std::string what = std::string(lora ? "lora" : "plain") + (bf16 ? " bf16" : " fp32") +
+                                   (bf16_operands ? " bf16 operands" : "") +
+                                   (weight_trains ? " trained" : " frozen");
+          const auto dtype = bf16_operands ? at::kBFloat16 : at::kFloat;
+          auto gen = at::make_generator<at::CPUGeneratorImpl>(21);
+          std::shared_ptr<LinearImpl> linear =
+              std::make_shared<LinearImpl>(40, 24, torch::TensorOptions().dtype(dtype));
+          {
+            torch::NoGradGuard no_grad;
+            linear->weight.copy_(at::randn({24, 40}, gen));
+          }
+          linear->weight.set_requires_grad(weight_trains);
+          if (lora) {
+            linear = std::make_shared<LoraLinearImpl>(*linear, 4, 8.0, 0.0);
+            auto& l = static_cast<LoraLinearImpl&>(*linear);
+            torch::NoGradGuard no_grad;
+            l.lora_b.copy_(at::randn(l.lora_b.sizes(), gen));
+          }
+          const auto x0 = at::randn({2, 5, 40}, gen).to(dtype);
+          const auto upstream = at::randn({2, 5, 24}, gen);
+          auto grads = [&](bool for_gradients) {
+            for (auto& p : linear->parameters()) p.mutable_grad().reset();
+            // An activation, not a leaf: autocast caches the casts of leaves that need a gradient
+            // (the base and adapter would then share one cast of x), never of activations.
+            const auto leaf = x0.clone().requires_grad_(true);
+            const auto x = leaf * 1;
+            at::Tensor out;
+            {
+              std::optional<AutocastGuard> autocast;
+              if (bf16) autocast.emplace(c10::DeviceType::CPU, c10::kBFloat16);
+              out = for_gradients ? linear->forward_for_gradients(x) : linear->forward(x);
+            }
+            out.backward(upstream.to(out.scalar_type()));
+            std::vector<at::Tensor> g = {out.detach(), leaf.grad()};
+            for (auto& p : linear->parameters()) {
+              if (p.requires_grad()) g.push_back(p.grad());
+            }
+            return g;
+          };
+          const auto want = grads(false);
+          const auto got = grads(true);
+          ASSERT_EQ(want.size(), got.size()) << what;
+          EXPECT_EQ(got[0].sizes(), want[0].sizes()) << what;
+          EXPECT_EQ(got[0].scalar_type(), want[0].scalar_type()) << what;
+          if (!lora) EXPECT_EQ(got[0].abs().max().item<float>(), 0.0f) << what;
+          for (size_t i = 1; i < want.size(); ++i) {
+            EXPECT_TRUE(bitwise_equal(got[i], want[i])) << what << " gradient " << i;
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST(Recompute, DropoutMasksMatter) {
   // The equalities above are not vacuous: another seed (other masks) gives other gradients.
   auto model = make_model(Training::kLora);

@@ -195,7 +195,14 @@ LoraLinearImpl::LoraLinearImpl(const LinearImpl& base, int64_t rank_, double alp
 }
 
 torch::Tensor LoraLinearImpl::forward(const torch::Tensor& x) {
-  const auto out = LinearImpl::forward(x);  // (..., out)
+  return with_adapter(x, LinearImpl::forward(x));
+}
+
+torch::Tensor LoraLinearImpl::forward_for_gradients(const torch::Tensor& x) {
+  return with_adapter(x, LinearImpl::forward_for_gradients(x));
+}
+
+torch::Tensor LoraLinearImpl::with_adapter(const torch::Tensor& x, const torch::Tensor& out) {
   auto h = x.scalar_type() == lora_a.scalar_type() ? x : x.to(lora_a.scalar_type());
   if (dropout > 0) h = at::dropout(h, dropout, is_training());
   // (..., in) -> (..., r) -> (..., out)

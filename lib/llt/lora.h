@@ -41,6 +41,8 @@ class LoraLinearImpl : public LinearImpl {
 
   // x (..., in) -> (..., out). Dropout on the adapter input is active in train() mode only.
   torch::Tensor forward(const torch::Tensor& x) override;
+  // The adapter computed, the base matmul not (LinearImpl::forward_for_gradients).
+  torch::Tensor forward_for_gradients(const torch::Tensor& x) override;
 
   // (scale * B A) in fp32, (out, in): what merging adds to W.
   torch::Tensor delta_weight() const;
@@ -51,6 +53,10 @@ class LoraLinearImpl : public LinearImpl {
   double alpha;
   double dropout;
   double scale;  // alpha / r
+
+ private:
+  // out + the adapter's update of x.
+  torch::Tensor with_adapter(const torch::Tensor& x, const torch::Tensor& out);
 };
 
 // Replaces the `options.targets` linear maps of every block with LoraLinear (replace_module, so

@@ -4,9 +4,11 @@
 #include <limits>
 
 #include <ATen/ATen.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/nn/init.h>
 
 #include "llt/attention.h"
+#include "llt/compat.h"
 #include "llt/errors.h"
 
 namespace llt {
@@ -93,6 +95,59 @@ LinearImpl::LinearImpl(int64_t in_features, int64_t out_features,
 }
 
 torch::Tensor LinearImpl::forward(const torch::Tensor& x) { return at::linear(x, weight); }
+
+namespace {
+
+// at::linear(x, w) (no bias) as autograd sees it, without computing the output. The compute
+// dtype is autocast's for x's device when it is on (linear is on autocast's lower-precision list
+// on CPU and CUDA), else x's; operands in another dtype are cast as autocast casts them. Backward
+// makes the calls LibTorch's own backward of matmul (folded to mm) and of the casts makes, in
+// the same layouts, so the gradients are the same bits.
+struct GradientOnlyLinear : public torch::autograd::Function<GradientOnlyLinear> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                            const at::Tensor& w) {
+    const auto device = x.device().type();
+    const auto compute = compat::autocast_enabled(device) ? compat::autocast_dtype(device)
+                                                          : x.scalar_type();
+    const auto xc = x.scalar_type() == compute ? x : x.to(compute);
+    const auto wc = w.scalar_type() == compute ? w : w.to(compute);
+    ctx->save_for_backward({w.requires_grad() ? xc : at::Tensor(), x.requires_grad() ? wc : at::Tensor()});
+    ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
+    ctx->saved_data["w_dtype"] = static_cast<int64_t>(w.scalar_type());
+    auto sizes = x.sizes().vec();
+    sizes.back() = w.size(0);
+    return at::zeros(sizes, x.options().dtype(compute));
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& xc = saved[0];
+    const at::Tensor& wc = saved[1];
+    const auto x_dtype = static_cast<c10::ScalarType>(ctx->saved_data["x_dtype"].toInt());
+    const auto w_dtype = static_cast<c10::ScalarType>(ctx->saved_data["w_dtype"].toInt());
+    const at::Tensor& g = grads[0];
+    const auto g2 = g.reshape({-1, g.size(-1)});  // (N, out)
+    at::Tensor gx, gw;
+    if (wc.defined()) {  // x needs a gradient: (N, out) @ (out, in)
+      auto in_sizes = g.sizes().vec();
+      in_sizes.back() = wc.size(1);
+      gx = g2.mm(wc).view(in_sizes);
+      if (gx.scalar_type() != x_dtype) gx = gx.to(x_dtype);
+    }
+    if (xc.defined()) {  // the weight needs one: (out, N) @ (N, in)
+      gw = g2.t().mm(xc.reshape({-1, xc.size(-1)}));
+      if (gw.scalar_type() != w_dtype) gw = gw.to(w_dtype);
+    }
+    return {gx, gw};
+  }
+};
+
+}  // namespace
+
+torch::Tensor LinearImpl::forward_for_gradients(const torch::Tensor& x) {
+  return GradientOnlyLinear::apply(x, weight);
+}
 
 EmbeddingImpl::EmbeddingImpl(int64_t num_embeddings, int64_t dim,
                              const torch::TensorOptions& options) {
@@ -215,8 +270,9 @@ FeedForwardImpl::FeedForwardImpl(const ModelArgs& args, const torch::TensorOptio
   w3 = register_module("w3", std::make_shared<LinearImpl>(args.dim, hidden, options));
 }
 
-torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x) {
-  return w2->forward(at::silu(w1->forward(x)) * w3->forward(x));
+torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x, bool output_values) {
+  const auto gated = at::silu(w1->forward(x)) * w3->forward(x);  // (B, T, F)
+  return output_values ? w2->forward(gated) : w2->forward_for_gradients(gated);
 }
 
 TransformerBlockImpl::TransformerBlockImpl(const ModelArgs& args,
@@ -230,8 +286,17 @@ TransformerBlockImpl::TransformerBlockImpl(const ModelArgs& args,
 torch::Tensor TransformerBlockImpl::forward(const torch::Tensor& x, const RopeTables& rope,
                                             int64_t start, torch::Tensor* cache_k,
                                             torch::Tensor* cache_v) {
-  const auto h = x + attention->forward(attention_norm->forward(x), rope, start, cache_k, cache_v);
-  return h + feed_forward->forward(ffn_norm->forward(h));
+  return ffn_half(attention_half(x, rope, start, cache_k, cache_v));
+}
+
+torch::Tensor TransformerBlockImpl::attention_half(const torch::Tensor& x, const RopeTables& rope,
+                                                   int64_t start, torch::Tensor* cache_k,
+                                                   torch::Tensor* cache_v) {
+  return x + attention->forward(attention_norm->forward(x), rope, start, cache_k, cache_v);
+}
+
+torch::Tensor TransformerBlockImpl::ffn_half(const torch::Tensor& h, bool output_values) {
+  return h + feed_forward->forward(ffn_norm->forward(h), output_values);
 }
 
 // ---------------------------------------------------------------------------------------------

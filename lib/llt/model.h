@@ -58,6 +58,11 @@ class LinearImpl : public torch::nn::Module {
   virtual ~LinearImpl() = default;
   virtual torch::Tensor forward(const torch::Tensor& x);
 
+  // forward(x)'s shape, dtype and autograd graph (the same gradients for x and every weight,
+  // bitwise on CPU) without its values, which are zero: for an activation recomputation whose
+  // output only carries gradients back (lib/llt/recompute), it skips the base matmul.
+  virtual torch::Tensor forward_for_gradients(const torch::Tensor& x);
+
   torch::Tensor weight;  // (out, in)
 };
 TORCH_MODULE(Linear);
@@ -129,7 +134,9 @@ TORCH_MODULE(Attention);
 class FeedForwardImpl : public torch::nn::Module {
  public:
   FeedForwardImpl(const ModelArgs& args, const torch::TensorOptions& options);
-  torch::Tensor forward(const torch::Tensor& x);
+  // w2(silu(w1 x) * w3 x). With output_values false, w2 runs forward_for_gradients: the result
+  // has the right graph and gradients but not the right values (activation recomputation).
+  torch::Tensor forward(const torch::Tensor& x, bool output_values = true);
 
   std::shared_ptr<LinearImpl> w1, w2, w3;  // (F, D), (D, F), (F, D)
 };
@@ -141,6 +148,11 @@ class TransformerBlockImpl : public torch::nn::Module {
   // Pre-norm residual block: h = x + attn(norm(x)); out = h + ffn(norm(h)).
   torch::Tensor forward(const torch::Tensor& x, const RopeTables& rope, int64_t start,
                         torch::Tensor* cache_k, torch::Tensor* cache_v);
+  // Its halves, forward = ffn_half(attention_half(x)): h = x + attn(norm(x)), and
+  // h + ffn(norm(h)) (output_values as FeedForwardImpl::forward's).
+  torch::Tensor attention_half(const torch::Tensor& x, const RopeTables& rope, int64_t start,
+                               torch::Tensor* cache_k, torch::Tensor* cache_v);
+  torch::Tensor ffn_half(const torch::Tensor& h, bool output_values = true);
 
   Attention attention{nullptr};
   FeedForward feed_forward{nullptr};

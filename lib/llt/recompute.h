@@ -33,8 +33,11 @@ void validate_recompute_options(const RecomputeOptions& options);
 // Runs fn(x) keeping only x, and recomputes it in backward. `params` are the trainable tensors
 // fn reads (requires_grad): they must be passed, or an fn whose input needs no gradient (a frozen
 // base) would return an output that needs none, and their gradients would be lost.
+// Backward runs `for_gradients` (default fn): a function with fn's graph whose output values
+// may differ, since backward reads only the graph (it may skip work no gradient needs).
 using RecomputedFn = std::function<at::Tensor(const at::Tensor&)>;
-at::Tensor checkpoint(RecomputedFn fn, const at::Tensor& x, const std::vector<at::Tensor>& params);
+at::Tensor checkpoint(RecomputedFn fn, const at::Tensor& x, const std::vector<at::Tensor>& params,
+                      RecomputedFn for_gradients = nullptr);
 
 // The model's forward (tokens (B, T) int64 -> logits (B, T, V), no KV cache) with the blocks
 // checkpointed by `options`. With policy none it is exactly TransformerImpl::forward. Throws as
