@@ -1,5 +1,6 @@
 #include "llt/attention.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -230,13 +231,28 @@ LLT_CLONES void weighted_rows(const float* __restrict w, const float* __restrict
   }
 }
 
-// rows[j * hd + d] += alpha * w[j] * x[d]   (a rank-1 update of n contiguous rows)
+// rows[j * hd + d] += (alpha * w[j]) * x[d]   (a rank-1 update of n contiguous rows)
 LLT_CLONES void rank1_rows(const float* __restrict w, const float* __restrict x, int64_t n,
                            int64_t hd, float alpha, float* __restrict rows) {
   for (int64_t j = 0; j < n; ++j) {
-    const float wj = w[j] * alpha;
+    const float wj = alpha * w[j];
     float* row = rows + j * hd;
     for (int64_t d = 0; d < hd; ++d) row[d] += wj * x[d];
+  }
+}
+
+// The same update on the transposed layout: cols[d * ld + j] += (alpha * w[j]) * x[d], j < n,
+// vectorised along the keys (a head row of 8 floats is shorter than one vector).
+LLT_CLONES void rank1_cols(const float* __restrict w, const float* __restrict x, int64_t n,
+                           int64_t hd, float alpha, float* __restrict cols, int64_t ld) {
+  for (int64_t d = 0; d < hd; ++d) {
+    const float xd = x[d];
+    float* col = cols + d * ld;
+    int64_t j0 = 0;
+    for (; j0 + kLanes <= n; j0 += kLanes) {
+      store(col + j0, load(col + j0) + (alpha * load(w + j0)) * xd);
+    }
+    for (; j0 < n; ++j0) col[j0] += (alpha * w[j0]) * xd;  // w is not finite past n
   }
 }
 
@@ -282,6 +298,41 @@ class KeyScores {
   std::vector<float> buffer_;
   const float* rows_ = nullptr;
   int64_t ld_ = 0;
+};
+
+// Accumulates rank-1 updates rows[j * hd + d] += (alpha * w[j]) * x[d] (j < n) into the S rows
+// of one kv head's dk or dv: straight into the rows for large heads, through a transposed
+// (hd, padded(S)) buffer for small ones (the layout KeyScores uses for them). The buffer is
+// added to the rows once, at finish(), so each element sums the same terms in the same order.
+class RankOneRows {
+ public:
+  RankOneRows(int64_t s, int64_t hd)
+      : s_(s), hd_(hd), width_(padded(s)), transposed_(transpose_keys(hd)) {
+    if (transposed_) buffer_.resize(hd * width_);
+  }
+  void start(float* rows) {
+    rows_ = rows;
+    if (transposed_) std::fill(buffer_.begin(), buffer_.end(), 0.0f);
+  }
+  void add(const float* w, const float* x, int64_t n, float alpha) {
+    if (transposed_) {
+      rank1_cols(w, x, n, hd_, alpha, buffer_.data(), width_);
+    } else {
+      rank1_rows(w, x, n, hd_, alpha, rows_);
+    }
+  }
+  void finish() {
+    if (!transposed_) return;
+    for (int64_t j = 0; j < s_; ++j) {
+      for (int64_t d = 0; d < hd_; ++d) rows_[j * hd_ + d] += buffer_[d * width_ + j];
+    }
+  }
+
+ private:
+  int64_t s_, hd_, width_;
+  bool transposed_;
+  std::vector<float> buffer_;
+  float* rows_ = nullptr;
 };
 
 struct Shapes {
@@ -348,6 +399,7 @@ class FusedAttentionFunction : public torch::autograd::Function<FusedAttentionFu
     // n_rep query heads reading it, so no two threads write the same memory.
     at::parallel_for(0, sh.b * sh.kv, 1, [&](int64_t begin, int64_t end) {
       KeyScores keys(sh.s, sh.hd), values(sh.s, sh.hd);
+      RankOneRows dk_rows(sh.s, sh.hd), dv_rows(sh.s, sh.hd);
       std::vector<float> p(padded(sh.s)), dp(padded(sh.s));
       for (int64_t task = begin; task < end; ++task) {
         const int64_t b = task / sh.kv, g = task % sh.kv;
@@ -355,8 +407,8 @@ class FusedAttentionFunction : public torch::autograd::Function<FusedAttentionFu
         const float* vg = vp + b * vf.stride(0) + g * vf.stride(1);
         keys.set(kg, kf.stride(2));
         values.set(vg, vf.stride(2));
-        float* dkg = dkp + task * sh.s * sh.hd;
-        float* dvg = dvp + task * sh.s * sh.hd;
+        dk_rows.start(dkp + task * sh.s * sh.hd);
+        dv_rows.start(dvp + task * sh.s * sh.hd);
         for (int64_t r = 0; r < sh.n_rep; ++r) {
           const int64_t h = g * sh.n_rep + r;
           for (int64_t i = 0; i < sh.t; ++i) {
@@ -371,10 +423,12 @@ class FusedAttentionFunction : public torch::autograd::Function<FusedAttentionFu
             softmax_grad_row(p.data(), dp.data(), n, lp[(b * sh.h + h) * sh.t + i], delta);
             float* dqi = dqp + ((b * sh.t + i) * sh.h + h) * sh.hd;
             weighted_rows(dp.data(), kg, kf.stride(2), n, sh.hd, scale, dqi);
-            rank1_rows(dp.data(), qi, n, sh.hd, scale, dkg);
-            rank1_rows(p.data(), doi, n, sh.hd, 1.0f, dvg);
+            dk_rows.add(dp.data(), qi, n, scale);
+            dv_rows.add(p.data(), doi, n, 1.0f);
           }
         }
+        dk_rows.finish();
+        dv_rows.finish();
       }
     });
     return {dq.transpose(1, 2).to(q.scalar_type()), dk.to(k.scalar_type()),
