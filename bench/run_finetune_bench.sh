@@ -10,7 +10,7 @@
 # tables of results/bench/finetune.md (bench/finetune_report.py). Not a test: figures depend on
 # the machine and its load (recorded with every record).
 # Needs a built tree: BUILD (default build) with llt-finetune and llt-tokenize.
-# Knobs: THREADS_7B (2), THREADS_PROBE (1; empty = no probe), STEPS_TINY (10), STEPS_7B (5),
+# Knobs: THREADS_7B (2), THREADS_PROBE (1; empty = no probe), STEPS_TINY (20), STEPS_7B (7),
 # ACCUM (2), SKIP_7B_FULL_FP32 (0: run it; needs ~9 GB and ~2.5 min per implementation here),
 # MODELS ("tiny 7b": which parts to run), SEVEN_RANKS ("16 0": LoRA ranks of the 7B shape),
 # OUT (results/bench/finetune.jsonl).
@@ -19,8 +19,8 @@ cd "$(dirname "$0")/.."
 build=${BUILD:-build}
 threads_7b=${THREADS_7B:-2}
 threads_probe=${THREADS_PROBE-1}
-steps_tiny=${STEPS_TINY:-10}
-steps_7b=${STEPS_7B:-5}
+steps_tiny=${STEPS_TINY:-20}
+steps_7b=${STEPS_7B:-7}
 accum=${ACCUM:-2}
 work=${WORK:-/tmp/llt-finetune-bench}
 out=${OUT:-results/bench/finetune.jsonl}
