@@ -453,18 +453,17 @@ MemoryBreakdown estimate_training_memory(const ModelArgs& args, const MemoryEsti
       blocks += attention + attention_w + ffn + ffn_w;
     }
   }
-  // LoRA's first block, when its attention half keeps activations: its input (the frozen
-  // embedding's output) needs no gradient, and neither does attention_norm's output, so that
-  // norm saves nothing, wq/wk/wv keep no cast weight copy, and their adapters' dropout keeps no
-  // mask (only the dropped input, for A's gradient).
-  const bool first_whole = policy == RecomputePolicy::kBlock || policy == RecomputePolicy::kEveryK;
-  if (!full && args.n_layers > 0 && !first_whole) {
-    blocks -= norm_bytes(s);
-    if (casts) blocks -= (s.d * s.d + 2 * s.d * s.kvd) * s.c;
-    for (const auto& t : o.lora.targets) {
-      if (o.lora.dropout > 0 && (t == "wq" || t == "wk" || t == "wv")) blocks -= s.n * s.d * 4;
-    }
+  // LoRA's first block (kept or recomputed): its input (the frozen embedding's output) needs no
+  // gradient, and neither does attention_norm's output, so that norm saves nothing, wq/wk/wv
+  // keep no cast weight copy, and their adapters' dropout keeps no mask (only the dropped input,
+  // for A's gradient).
+  double first_block_spared = norm_bytes(s) + (casts ? (s.d * s.d + 2 * s.d * s.kvd) * s.c : 0);
+  for (const auto& t : o.lora.targets) {
+    const bool reads_norm = t == "wq" || t == "wk" || t == "wv";
+    if (o.lora.dropout > 0 && reads_norm) first_block_spared += s.n * s.d * 4;
   }
+  const bool first_whole = policy == RecomputePolicy::kBlock || policy == RecomputePolicy::kEveryK;
+  if (!full && args.n_layers > 0 && !first_whole) blocks -= first_block_spared;
   // Head (lib/llt/loss): the final norm's saved tensors (its output is not among them: the
   // projection takes a gathered copy of the scored rows, which it saves when it trains), and the
   // fp32 log-probs of the scored rows, which cross-entropy keeps (the logits are gone by then).
@@ -474,11 +473,18 @@ MemoryBreakdown estimate_training_memory(const ModelArgs& args, const MemoryEsti
                       (full ? rows * s.d * (s.autocast ? s.c : 4) : 0) + rows * vocab * 4;
   const double head_w = casts ? vocab * s.d * s.c : 0;  // the output projection's cast copy
   m.activations = static_cast<int64_t>(blocks + head + head_w);
+  m.head_activations = static_cast<int64_t>(head + head_w);
   // Cross-entropy's backward: the gradient of the log-probs and that of the logits, both fp32,
   // alive together before log-softmax's saved output is freed.
   m.loss_backward = static_cast<int64_t>(2 * rows * vocab * 4);
   if (policy == RecomputePolicy::kBlock || policy == RecomputePolicy::kEveryK) {
     m.recompute = static_cast<int64_t>(attention + attention_w + ffn + ffn_w);
+    // Only block 0 recomputed (a 1-layer model, or every-k with K >= n_layers): with LoRA it
+    // spares what its gradient-free input spares (above).
+    const bool only_first = args.n_layers <= (policy == RecomputePolicy::kBlock
+                                                  ? 1
+                                                  : o.recompute.grad_checkpoint_every);
+    if (!full && only_first) m.recompute -= static_cast<int64_t>(first_block_spared);
   } else if (policy == RecomputePolicy::kFfn) {
     m.recompute = static_cast<int64_t>(ffn + ffn_w);
   }

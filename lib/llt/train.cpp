@@ -608,6 +608,7 @@ nlohmann::json breakdown_json(const MemoryBreakdown& b) {
           {"optimizer_state", b.optimizer_state},
           {"activations", b.activations},
           {"recompute", b.recompute},
+          {"head_activations", b.head_activations},
           {"loss_backward", b.loss_backward},
           {"optimizer_temporaries", b.optimizer_temporaries},
           {"total", b.total()}};
