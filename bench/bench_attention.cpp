@@ -81,11 +81,16 @@ int main(int argc, char** argv) {
             attend(q, k, v).backward(grad);
           },
           repeats);
-      std::cout << nlohmann::json{{"shape", s.name},     {"b", s.b},
-                                  {"heads", s.h},        {"kv_heads", s.kv},
-                                  {"t", s.t},            {"head_dim", s.hd},
-                                  {"kernel", kernel},    {"threads", threads},
-                                  {"forward_ms", forward}, {"forward_backward_ms", both}}
+      std::cout << nlohmann::json{{"shape", s.name},
+                                  {"b", s.b},
+                                  {"heads", s.h},
+                                  {"kv_heads", s.kv},
+                                  {"t", s.t},
+                                  {"head_dim", s.hd},
+                                  {"kernel", kernel},
+                                  {"threads", threads},
+                                  {"forward_ms", forward},
+                                  {"forward_backward_ms", both}}
                        .dump()
                 << std::endl;
     }

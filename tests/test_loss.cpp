@@ -27,7 +27,8 @@ TEST(Loss, LabelTokenSumIgnoresMaskedPositions) {
   const double got = label_token_loss_sum(logits, labels).item<double>();
   // By hand: positions t predict labels[t + 1]: (0,1)->3, (0,2)->5, (1,0)->1, (1,1)->2.
   const auto logp = at::log_softmax(logits.to(at::kDouble), -1);
-  const double want = -(logp[0][1][3] + logp[0][2][5] + logp[1][0][1] + logp[1][1][2]).item<double>();
+  const double want =
+      -(logp[0][1][3] + logp[0][2][5] + logp[1][0][1] + logp[1][1][2]).item<double>();
   EXPECT_NEAR(got, want, 1e-5);
 }
 
@@ -46,8 +47,8 @@ TEST(Loss, UnscoredRowsGetExactlyZeroGradient) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(7);
   const auto hidden = at::randn({2, 5, 6}, gen).requires_grad_(true);
   const auto weight = at::randn({11, 6}, gen);
-  const auto labels = at::tensor({-100, -100, 3, 5, 9, -100, 1, -100, 2, -100}, at::kLong)
-                          .view({2, 5});
+  const auto labels =
+      at::tensor({-100, -100, 3, 5, 9, -100, 1, -100, 2, -100}, at::kLong).view({2, 5});
   const auto s = select_scored_rows(hidden, labels);
   at::cross_entropy_loss(at::linear(s.hidden, weight), s.targets, {}, at::Reduction::Sum)
       .backward();
@@ -81,8 +82,7 @@ TEST(Loss, NoLabelGivesZeroAndZeroGradients) {
 
 TEST(Loss, ShapeErrors) {
   EXPECT_THROW(select_scored_rows(at::zeros({2, 4}), at::zeros({2, 4}, at::kLong)), c10::Error);
-  EXPECT_THROW(select_scored_rows(at::zeros({2, 4, 3}), at::zeros({2, 5}, at::kLong)),
-               c10::Error);
+  EXPECT_THROW(select_scored_rows(at::zeros({2, 4, 3}), at::zeros({2, 5}, at::kLong)), c10::Error);
 }
 
 struct Case {
@@ -101,12 +101,14 @@ double relative_error(const at::Tensor& a, const at::Tensor& b) {
 // same value and same gradient for every trainable parameter (the same dropout masks: the
 // random state is reset before each).
 TEST(Loss, ModelLossEqualsTheFullLogitsForm) {
-  const std::vector<Case> cases = {{true, false, "none"},  {false, false, "none"},
-                                   {true, false, "block"}, {true, true, "none"},
+  const std::vector<Case> cases = {{true, false, "none"},
+                                   {false, false, "none"},
+                                   {true, false, "block"},
+                                   {true, true, "none"},
                                    {false, true, "block"}};
   for (const auto& c : cases) {
-    const std::string what = std::string(c.lora ? "lora " : "full ") + (c.bf16 ? "bf16 " : "fp32 ") +
-                             c.policy;
+    const std::string what =
+        std::string(c.lora ? "lora " : "full ") + (c.bf16 ? "bf16 " : "fp32 ") + c.policy;
     ModelArgs args = preset_args("tiny");
     Transformer model(args, at::TensorOptions().dtype(at::kFloat));
     model->init_random(3);
@@ -150,7 +152,8 @@ TEST(Loss, ModelLossEqualsTheFullLogitsForm) {
       loss.backward();
       std::vector<std::pair<std::string, at::Tensor>> grads;
       for (const auto& item : model->named_parameters()) {
-        if (item.value().requires_grad()) grads.emplace_back(item.key(), item.value().grad().clone());
+        if (item.value().requires_grad())
+          grads.emplace_back(item.key(), item.value().grad().clone());
       }
       return std::make_pair(loss.item<double>(), grads);
     };

@@ -277,8 +277,8 @@ TEST(MemoryEstimate, CheckpointingOrdersActivations) {
   EXPECT_THROW(estimate_training_memory(args, o), InputError);
 }
 
-// Counted bytes the forward leaves alive (saved activations, the scored rows' fp32 log-probs) against the
-// estimate, on a small model where nothing but activations is allocated in between.
+// Counted bytes the forward leaves alive (saved activations, the scored rows' fp32 log-probs)
+// against the estimate, on a small model where nothing but activations is allocated in between.
 TEST_F(Memory, EstimateTracksCountedActivations) {
   ModelArgs args = preset_args("tiny");
   args.dim = 128;
@@ -341,8 +341,8 @@ TEST_F(Memory, EstimateTracksTheBackwardPeak) {
     int64_t layers;
     std::string precision, policy;
   };
-  const std::vector<Case> cases = {{1, "bf16", "block"}, {2, "bf16", "block"}, {1, "bf16", "none"},
-                                   {2, "bf16", "ffn"}};
+  const std::vector<Case> cases = {
+      {1, "bf16", "block"}, {2, "bf16", "block"}, {1, "bf16", "none"}, {2, "bf16", "ffn"}};
   for (const auto& c : cases) {
     ModelArgs args = preset_args("tiny");
     args.dim = 512;

@@ -138,9 +138,9 @@ TEST(Recompute, ForwardForGradientsHasTheGradientsOfForward) {
       for (const bool bf16_operands : {false, true}) {
         if (bf16_operands && !bf16) continue;
         for (const bool weight_trains : {false, true}) {
-          const std::string what = std::string(lora ? "lora" : "plain") + (bf16 ? " bf16" : " fp32") +
-                                   (bf16_operands ? " bf16 operands" : "") +
-                                   (weight_trains ? " trained" : " frozen");
+          const std::string what =
+              std::string(lora ? "lora" : "plain") + (bf16 ? " bf16" : " fp32") +
+              (bf16_operands ? " bf16 operands" : "") + (weight_trains ? " trained" : " frozen");
           const auto dtype = bf16_operands ? at::kBFloat16 : at::kFloat;
           auto gen = at::make_generator<at::CPUGeneratorImpl>(21);
           std::shared_ptr<LinearImpl> linear =

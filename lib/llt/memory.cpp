@@ -481,9 +481,9 @@ MemoryBreakdown estimate_training_memory(const ModelArgs& args, const MemoryEsti
     m.recompute = static_cast<int64_t>(attention + attention_w + ffn + ffn_w);
     // Only block 0 recomputed (a 1-layer model, or every-k with K >= n_layers): with LoRA it
     // spares what its gradient-free input spares (above).
-    const bool only_first = args.n_layers <= (policy == RecomputePolicy::kBlock
-                                                  ? 1
-                                                  : o.recompute.grad_checkpoint_every);
+    const bool only_first =
+        args.n_layers <=
+        (policy == RecomputePolicy::kBlock ? 1 : o.recompute.grad_checkpoint_every);
     if (!full && only_first) m.recompute -= static_cast<int64_t>(first_block_spared);
   } else if (policy == RecomputePolicy::kFfn) {
     m.recompute = static_cast<int64_t>(ffn + ffn_w);

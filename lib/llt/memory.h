@@ -81,16 +81,16 @@ MemorySample sample_memory(const c10::Device& device);
 
 // What a training step holds, by kind, in bytes.
 struct MemoryBreakdown {
-  int64_t parameters = 0;       // frozen base weights in base_dtype + trainable ones in fp32
-  int64_t gradients = 0;        // fp32, trainable only
-  int64_t optimizer_state = 0;  // AdamW exp_avg + exp_avg_sq, fp32, trainable only
-  int64_t activations = 0;      // held at the end of the forward: saved for backward, log-probs
-                                // and their fp32 log-probabilities
-  int64_t recompute = 0;        // checkpointing: one recomputed block's activations in backward
+  int64_t parameters = 0;        // frozen base weights in base_dtype + trainable ones in fp32
+  int64_t gradients = 0;         // fp32, trainable only
+  int64_t optimizer_state = 0;   // AdamW exp_avg + exp_avg_sq, fp32, trainable only
+  int64_t activations = 0;       // held at the end of the forward: saved for backward, log-probs
+                                 // and their fp32 log-probabilities
+  int64_t recompute = 0;         // checkpointing: one recomputed block's activations in backward
   int64_t head_activations = 0;  // the part of `activations` the head (final norm, projection,
                                  // log-probs) holds: freed before any block is recomputed
-  int64_t loss_backward = 0;    // backward's first steps: the fp32 gradients of the log-probs
-                                // and of the logits, (rows, V) each, beside the activations
+  int64_t loss_backward = 0;     // backward's first steps: the fp32 gradients of the log-probs
+                                 // and of the logits, (rows, V) each, beside the activations
   int64_t optimizer_temporaries = 0;  // AdamW's step: sqrt(exp_avg_sq) and its quotient, both
                                       // the size of the parameter being updated (the largest one)
   // The peak: what stays allocated, plus the largest transient: the backward's activations with
@@ -98,8 +98,8 @@ struct MemoryBreakdown {
   // still hold (the head's share and the loss's gradients are freed by then), or the optimizer
   // step's temporaries (never alive with activations).
   int64_t total() const {
-    const int64_t backward = std::max(activations + loss_backward,
-                                      activations - head_activations + recompute);
+    const int64_t backward =
+        std::max(activations + loss_backward, activations - head_activations + recompute);
     return parameters + gradients + optimizer_state + std::max(backward, optimizer_temporaries);
   }
 };

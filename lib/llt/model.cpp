@@ -107,11 +107,13 @@ struct GradientOnlyLinear : public torch::autograd::Function<GradientOnlyLinear>
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
                             const at::Tensor& w) {
     const auto device = x.device().type();
-    const auto compute = compat::autocast_enabled(device) ? compat::autocast_dtype(device)
-                                                          : x.scalar_type();
+    const auto compute =
+        compat::autocast_enabled(device) ? compat::autocast_dtype(device) : x.scalar_type();
     const auto xc = x.scalar_type() == compute ? x : x.to(compute);
     const auto wc = w.scalar_type() == compute ? w : w.to(compute);
-    ctx->save_for_backward({w.requires_grad() ? xc : at::Tensor(), x.requires_grad() ? wc : at::Tensor()});
+    // x's gradient needs the (cast) weight, the weight's needs the (cast) input.
+    ctx->save_for_backward(
+        {w.requires_grad() ? xc : at::Tensor(), x.requires_grad() ? wc : at::Tensor()});
     ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
     ctx->saved_data["w_dtype"] = static_cast<int64_t>(w.scalar_type());
     auto sizes = x.sizes().vec();

@@ -58,7 +58,8 @@ void score_batch(TransformerImpl& model, const std::vector<ScoredSequence>& sequ
   const auto nll = at::cross_entropy_loss(model.logits(scored.hidden).to(at::kFloat),
                                           scored.targets, /*weight=*/{}, at::Reduction::None);
   const auto sums = at::zeros({b}, nll.options().dtype(at::kDouble))  // (B)
-                        .index_add_(0, at::div(scored.rows, std::max<int64_t>(t - 1, 1), "floor"), nll.to(at::kDouble))
+                        .index_add_(0, at::div(scored.rows, std::max<int64_t>(t - 1, 1), "floor"),
+                                    nll.to(at::kDouble))
                         .cpu();
   const auto* sum = sums.data_ptr<double>();
   for (size_t i = first; i < last; ++i) {
