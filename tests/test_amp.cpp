@@ -9,6 +9,7 @@
 
 #include "llt/amp.h"
 #include "llt/errors.h"
+#include "llt/runtime.h"
 
 namespace llt {
 namespace {
@@ -63,6 +64,17 @@ TEST(Autocast, RejectsUnsupportedDtypes) {
   EXPECT_THROW(AutocastGuard(c10::DeviceType::CPU, c10::kHalf), InputError);
   EXPECT_THROW(AutocastGuard(c10::DeviceType::CUDA, c10::kFloat), InputError);
   EXPECT_FALSE(current_autocast_state().cpu_enabled);
+}
+
+// Which dtypes a device takes (runtime.h): the CPU computes in bf16, not in fp16. (A GPU below
+// compute capability 8.0, a P100, refuses bf16 with its name: CUDA builds only, not run here.)
+TEST(Dtypes, CpuTakesBf16AndRefusesFp16) {
+  const c10::Device cpu("cpu");
+  EXPECT_EQ(device_without_bf16(cpu), "");
+  EXPECT_EQ(resolve_dtype("bf16", cpu), c10::kBFloat16);
+  EXPECT_EQ(resolve_dtype("fp32", cpu), c10::kFloat);
+  EXPECT_THROW(resolve_dtype("fp16", cpu), InputError);
+  EXPECT_THROW(resolve_dtype("fp8", cpu), InputError);
 }
 
 // A parameter whose gradient after backward of scaler.scale(loss) is known: loss = sum(w * x),

@@ -9,6 +9,9 @@
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <torch/cuda.h>
+#ifdef LLT_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#endif
 
 #include "llt/errors.h"
 
@@ -68,9 +71,32 @@ c10::Device resolve_device(const std::string& name) {
   throw InputError("--device: expected auto, cpu or cuda[:N], got '" + name + "'");
 }
 
+std::string device_without_bf16(const c10::Device& device) {
+#ifdef LLT_WITH_CUDA
+  if (device.is_cuda() && torch::cuda::is_available()) {
+    // bf16 arithmetic (cuBLAS bf16 GEMMs included) needs compute capability 8.0 (Ampere).
+    const cudaDeviceProp* p = device.has_index() ? at::cuda::getDeviceProperties(device.index())
+                                                 : at::cuda::getCurrentDeviceProperties();
+    if (p->major < 8) {
+      return std::string(p->name) + " (compute capability " + std::to_string(p->major) + "." +
+             std::to_string(p->minor) + ")";
+    }
+  }
+#else
+  (void)device;
+#endif
+  return "";
+}
+
 c10::ScalarType resolve_dtype(const std::string& name, const c10::Device& device) {
   if (name == "fp32") return c10::kFloat;
-  if (name == "bf16") return c10::kBFloat16;
+  if (name == "bf16") {
+    const std::string gpu = device_without_bf16(device);
+    if (!gpu.empty()) {
+      throw InputError("--dtype bf16: " + gpu + " has no bf16 arithmetic; use fp16 or fp32");
+    }
+    return c10::kBFloat16;
+  }
   if (name == "fp16") {
     if (device.is_cpu()) {
       throw InputError("--dtype fp16: not supported on CPU (LibTorch CPU kernels lack half "

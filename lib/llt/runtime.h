@@ -28,8 +28,12 @@ int configure_threads(int requested);
 c10::Device resolve_device(const std::string& name);
 
 // "fp32" | "bf16" | "fp16" -> ScalarType. fp16 on a CPU device is an InputError: LibTorch's
-// CPU kernels lack half matmul/softmax (PLATFORM.md).
+// CPU kernels lack half matmul/softmax (PLATFORM.md); so is bf16 on a GPU without it.
 c10::ScalarType resolve_dtype(const std::string& name, const c10::Device& device);
+
+// "" when `device` computes in bf16; else the GPU's name and compute capability (a CUDA device
+// below 8.0: the P100 is 6.0). Always "" for the CPU and in a build without CUDA.
+std::string device_without_bf16(const c10::Device& device);
 
 // The short name of a dtype: "fp32", "bf16", "fp16".
 std::string dtype_name(c10::ScalarType dtype);

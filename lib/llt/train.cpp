@@ -278,6 +278,10 @@ fs::path resolve_resume(const FinetuneToolOptions& o) {
 }
 
 void check_precision(const Run& r, const FinetuneToolOptions& o) {
+  if (r.precision == "bf16" && !device_without_bf16(r.device).empty()) {
+    throw InputError("--precision bf16: " + device_without_bf16(r.device) +
+                     " has no bf16 arithmetic; use --precision fp16 (and --base-dtype fp16)");
+  }
   if (r.precision == "fp16" && r.device.is_cpu()) {
     throw InputError("--precision fp16: not supported on CPU (LibTorch 1.13 has no CPU fp16 "
                      "autocast); use bf16 or fp32");
