@@ -329,40 +329,45 @@ TEST_F(Memory, EstimateTracksCountedActivations) {
   }
 }
 
-// The backward's peak above what was allocated before the forward, against the estimate's
-// transient (gradients, then the larger of: activations with the loss's gradients, or a
-// recomputed block beside what the blocks still hold once the head's tensors are freed), for
-// LoRA under bf16 autocast on an fp32 base, where the weights' cast copies dominate as on the 7B
-// shape (the estimate leaves out backward's own gradient buffers, which matter only when
-// activations rival the weights). 1 and 2 layers: a 1-layer model recomputes only block 0, whose
-// gradient-free input spares its norm, casts and dropout masks (the estimate was 17% over there).
+// The backward's peak above what was allocated before the forward, against what the estimate's
+// peak puts above the weights and the optimizer state (gradients, then the larger of:
+// activations with the loss's gradients, or a block's backward, its working gradients and any
+// recomputed activations, beside what the blocks still hold once the head's tensors are freed).
+// LoRA, so gradients are the adapters' few bytes. Two regimes: weight casts dominating (bf16
+// autocast on an fp32 base, dim 512, as on the 7B shape) and activations dominating (dim 128,
+// two sequences of 64). 1 and 2 layers: a 1-layer model recomputes only block 0, whose
+// gradient-free input spares its norm, casts and dropout masks.
 TEST_F(Memory, EstimateTracksTheBackwardPeak) {
   struct Case {
-    int64_t layers;
+    int64_t dim, layers;
     std::string precision, policy;
   };
-  const std::vector<Case> cases = {
-      {1, "bf16", "block"}, {2, "bf16", "block"}, {1, "bf16", "none"}, {2, "bf16", "ffn"}};
+  const std::vector<Case> cases = {{512, 1, "bf16", "block"}, {512, 2, "bf16", "block"},
+                                   {512, 1, "bf16", "none"},  {512, 2, "bf16", "ffn"},
+                                   {128, 1, "fp32", "block"}, {128, 2, "fp32", "none"},
+                                   {128, 2, "bf16", "block"}, {128, 1, "fp32", "ffn"}};
   for (const auto& c : cases) {
+    const bool wide = c.dim == 512;
     ModelArgs args = preset_args("tiny");
-    args.dim = 512;
-    args.n_heads = 8;
-    args.n_kv_heads = 4;
-    args.vocab_size = 2048;
+    args.dim = c.dim;
+    args.n_heads = wide ? 8 : 4;
+    args.n_kv_heads = wide ? 4 : 2;
+    args.vocab_size = wide ? 2048 : 256;
     args.n_layers = c.layers;
     Transformer model(args, at::TensorOptions().dtype(at::kFloat));
     model->init_random(1);
     MemoryEstimateOptions o;
     apply_lora(*model, o.lora);
     o.precision = c.precision;
-    o.batch = 1;
-    o.seq_len = 32;
-    o.loss_rows = 16;
+    o.batch = wide ? 1 : 2;
+    o.seq_len = wide ? 32 : 64;
+    o.loss_rows = o.batch * o.seq_len / 2;  // the second half of each sequence is labels
     o.recompute.grad_checkpoint = c.policy;
     model->train();
-    const auto tokens = at::randint(2048, {1, 32}, at::TensorOptions().dtype(at::kLong));
+    const auto tokens =
+        at::randint(args.vocab_size, {o.batch, o.seq_len}, at::TensorOptions().dtype(at::kLong));
     auto labels = tokens.clone();
-    labels.narrow(/*dim=*/1, 0, 16).fill_(-100);  // 16 label tokens
+    labels.narrow(/*dim=*/1, 0, o.seq_len / 2).fill_(-100);
     std::optional<c10::ScalarType> autocast;
     if (c.precision == "bf16") autocast = c10::kBFloat16;
     const int64_t before = host_memory_stats().current;
@@ -370,14 +375,13 @@ TEST_F(Memory, EstimateTracksTheBackwardPeak) {
     model_label_loss_sum(*model, tokens, labels, o.recompute, autocast).backward();
     const double measured = static_cast<double>(host_memory_stats().peak - before);
     const auto e = estimate_training_memory(args, o);
-    const double estimated = static_cast<double>(
-        e.gradients + std::max(e.activations + e.loss_backward,
-                               e.activations - e.head_activations + e.recompute));
-    const std::string what = std::to_string(c.layers) + " layer(s) " + c.precision + " " + c.policy;
-    std::printf("%-22s measured %9.0f estimated %9.0f ratio %.3f\n", what.c_str(), measured,
+    const double estimated = static_cast<double>(e.total() - e.parameters - e.optimizer_state);
+    const std::string what = "dim " + std::to_string(c.dim) + ", " + std::to_string(c.layers) +
+                             " layer(s), " + c.precision + " " + c.policy;
+    std::printf("%-28s measured %9.0f estimated %9.0f ratio %.3f\n", what.c_str(), measured,
                 estimated, estimated / measured);
-    EXPECT_GT(estimated / measured, 0.9) << what;
-    EXPECT_LT(estimated / measured, 1.1) << what;
+    EXPECT_GT(estimated / measured, 0.85) << what;  // issue 4's bound: within 15%
+    EXPECT_LT(estimated / measured, 1.15) << what;
   }
 }
 

@@ -474,6 +474,7 @@ MemoryBreakdown estimate_training_memory(const ModelArgs& args, const MemoryEsti
   const double head_w = casts ? vocab * s.d * s.c : 0;  // the output projection's cast copy
   m.activations = static_cast<int64_t>(blocks + head + head_w);
   m.head_activations = static_cast<int64_t>(head + head_w);
+  m.block_backward = static_cast<int64_t>(3 * s.n * s.f * s.c + 2 * s.n * s.d * 4);
   // Cross-entropy's backward: the gradient of the log-probs and that of the logits, both fp32,
   // alive together before log-softmax's saved output is freed.
   m.loss_backward = static_cast<int64_t>(2 * rows * vocab * 4);

@@ -89,17 +89,20 @@ struct MemoryBreakdown {
   int64_t recompute = 0;         // checkpointing: one recomputed block's activations in backward
   int64_t head_activations = 0;  // the part of `activations` the head (final norm, projection,
                                  // log-probs) holds: freed before any block is recomputed
+  int64_t block_backward = 0;    // a block's backward at work: the feed-forward's gradients,
+                                 // three (B, T, F), and two fp32 (B, T, D) (in and out)
   int64_t loss_backward = 0;     // backward's first steps: the fp32 gradients of the log-probs
                                  // and of the logits, (rows, V) each, beside the activations
   int64_t optimizer_temporaries = 0;  // AdamW's step: sqrt(exp_avg_sq) and its quotient, both
                                       // the size of the parameter being updated (the largest one)
   // The peak: what stays allocated, plus the largest transient: the backward's activations with
-  // the loss's gradients (at its start) or, later, a recomputed block beside what the blocks
-  // still hold (the head's share and the loss's gradients are freed by then), or the optimizer
-  // step's temporaries (never alive with activations).
+  // the loss's gradients (at its start) or, later, a block's backward (its working gradients and,
+  // with checkpointing, its recomputed activations) beside what the blocks still hold (the head's
+  // share and the loss's gradients are freed by then), or the optimizer step's temporaries
+  // (never alive with activations).
   int64_t total() const {
-    const int64_t backward =
-        std::max(activations + loss_backward, activations - head_activations + recompute);
+    const int64_t backward = std::max(activations + loss_backward,
+                                      activations - head_activations + recompute + block_backward);
     return parameters + gradients + optimizer_state + std::max(backward, optimizer_temporaries);
   }
 };

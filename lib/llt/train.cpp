@@ -613,6 +613,7 @@ nlohmann::json breakdown_json(const MemoryBreakdown& b) {
           {"activations", b.activations},
           {"recompute", b.recompute},
           {"head_activations", b.head_activations},
+          {"block_backward", b.block_backward},
           {"loss_backward", b.loss_backward},
           {"optimizer_temporaries", b.optimizer_temporaries},
           {"total", b.total()}};
