@@ -12,6 +12,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/grad_mode.h>
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 

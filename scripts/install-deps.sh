@@ -6,6 +6,8 @@ set -euo pipefail
 packages=(
   # build
   g++ cmake ninja-build pkg-config ccache git
+  # scripts/build-cuda.sh unpacks the CUDA LibTorch wheels
+  unzip
   # libraries
   libtorch-dev libsentencepiece-dev libhdf5-dev libcli11-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev

@@ -1,9 +1,40 @@
 #!/usr/bin/env bash
-# The README's test command: installs dependencies, builds everything, runs the whole suite
-# with CTest. Extra arguments go to ctest (e.g. -L slow, -R Tokenizer).
+# The README's test command: installs dependencies, builds everything and runs the whole suite
+# with CTest twice: on Debian's LibTorch 1.13 (build/) and on the official CUDA LibTorch 2.11
+# (build-cuda/, scripts/build-cuda.sh; CPU device, the gpu tests skip without a GPU). Where the
+# CUDA build cannot be made (no nvcc, no PyPI) its half is skipped with a message, unless
+# LLT_REQUIRE_CUDA=1 (CI), which makes that a failure. Extra arguments go to both ctest runs
+# (e.g. -L slow, -R Tokenizer).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 scripts/build.sh
-cd build
-ctest --output-on-failure -j "$(nproc)" "$@"
+
+# CTest of the CMake that configured `dir` (build-cuda/ is configured by a newer one).
+run_ctest() {
+  local dir=$1 cmake
+  shift
+  cmake=$(sed -n 's/^CMAKE_COMMAND:INTERNAL=//p' "$dir/CMakeCache.txt")
+  (cd "$dir" && "$(dirname "$cmake")/ctest" --output-on-failure -j "$(nproc)" "$@")
+}
+
+failed=()
+echo "== test.sh: the suite on Debian's LibTorch 1.13 (build/)"
+run_ctest build "$@" || failed+=("build/ (LibTorch 1.13)")
+
+echo "== test.sh: the suite on the CUDA LibTorch 2.11 build (build-cuda/)"
+cuda=0
+scripts/build-cuda.sh || cuda=$?
+if ((cuda == 0)); then
+  run_ctest build-cuda "$@" || failed+=("build-cuda/ (LibTorch 2.11 CUDA)")
+elif ((cuda == 77)) && [[ ${LLT_REQUIRE_CUDA:-0} != 1 ]]; then
+  echo "test.sh: CUDA LibTorch 2.11 half skipped (see the line above); LLT_REQUIRE_CUDA=1 makes this a failure"
+else
+  failed+=("the CUDA build (scripts/build-cuda.sh exit $cuda)")
+fi
+
+if ((${#failed[@]} > 0)); then
+  printf 'test.sh: FAILED: %s\n' "${failed[@]}" >&2
+  exit 1
+fi
+echo "test.sh: both suites passed"

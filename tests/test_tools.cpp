@@ -160,6 +160,30 @@ TEST(LltFinetune, RunsFromTheCommandLineAndItsResolvedConfigReadsBack) {
   EXPECT_EQ(count_lines(refused.output), 1) << refused.output;
 }
 
+// --memory-cap-gb (x 1e9 bytes) is a deprecated alias: it warns, converts to GiB, and the
+// resolved config holds only --memory-cap-gib.
+TEST(LltFinetune, DeprecatedMemoryCapGbConvertsToGib) {
+  const auto dir = fresh_dir("cap_gb");
+  const std::string data = (dir / "data").string();
+  ASSERT_EQ(run("llt-tokenize --tokenizer " + kStories + "/tok512.model --output " + data +
+                " --first 4 --max-len 320 --threads 1").code, 0);
+  const std::string base = "llt-finetune --model " + kStories + "/stories260K.bin --data " + data +
+                           " --threads 1 --max-steps 1 --output ";
+  const std::string run_dir = (dir / "run").string();
+  const auto r = run(base + run_dir + " --memory-cap-gb 1e-6");  // 1 kB: out of memory
+  EXPECT_EQ(r.code, 3) << r.output;
+  EXPECT_NE(r.output.find("--memory-cap-gb is deprecated"), std::string::npos) << r.output;
+  const std::string config = llt::read_file(run_dir + "/config.toml");
+  EXPECT_NE(config.find("memory-cap-gib=9.3132257461547852e-07"), std::string::npos) << config;
+  EXPECT_EQ(config.find("memory-cap-gb="), std::string::npos) << config;
+  const auto summary = nlohmann::json::parse(llt::read_file(run_dir + "/summary.json"));
+  EXPECT_EQ(summary["status"], "oom");
+  EXPECT_DOUBLE_EQ(summary["memory_cap_gib"].get<double>(), 1e-6 * 1e9 / (1 << 30));
+  const auto both = run(base + (dir / "both").string() + " --memory-cap-gb 1 --memory-cap-gib 1");
+  EXPECT_EQ(both.code, 1) << both.output;
+  EXPECT_FALSE(fs::exists(dir / "both"));
+}
+
 TEST(LltFinetune, BadFlagsExitOne) {
   const auto r = run("llt-finetune --model " + kStories + "/stories260K.bin --data /nonexistent " +
                      "--output /tmp/x");

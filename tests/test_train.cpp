@@ -238,7 +238,7 @@ TEST(Finetune, StopBeforeTrainingExits75AndLeavesTheCheckpoint) {
 
 TEST(Finetune, OutOfMemoryIsRecordedNotACrash) {
   auto o = base_options("oom");
-  o.train.memory_cap_gb = 0.004;  // 4 MB: less than one step's activations
+  o.train.memory_cap_gib = 0.004;  // 4.3 MB: less than one step's activations
   o.train.max_steps = 2;
   EXPECT_EQ(run_finetune(o), 3);
   EXPECT_EQ(summary(o)["status"], "oom");

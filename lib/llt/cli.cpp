@@ -1,7 +1,9 @@
 #include "llt/cli.h"
 
 #include <exception>
+#include <iomanip>
 #include <iostream>
+#include <sstream>
 #include <string>
 
 #include <CLI/CLI.hpp>
@@ -196,8 +198,13 @@ FinetuneToolOptions parse_finetune(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber)->capture_default_str();
   app.add_option("--log-every", t.log_every, "Progress line every N steps")
       ->check(CLI::NonNegativeNumber)->capture_default_str();
-  app.add_option("--memory-cap-gb", t.memory_cap_gb, "CPU tensor memory cap (0: none)")
+  CLI::Option* cap_gib = app.add_option("--memory-cap-gib", t.memory_cap_gib,
+                 "Tensor memory cap in GiB, to emulate a smaller device (CUDA: the caching "
+                 "allocator, context excluded; CPU: counted host bytes; 0: none)")
       ->check(CLI::NonNegativeNumber)->capture_default_str();
+  CLI::Option* cap_gb =
+      app.add_option("--memory-cap-gb", t.memory_cap_gb, "Deprecated: --memory-cap-gib (x 1e9 bytes)")
+      ->check(CLI::NonNegativeNumber);
   auto& l = o.lora;
   app.add_option("--lora-rank", l.rank, "LoRA rank r (0: full fine-tuning)")
       ->check(CLI::NonNegativeNumber)->capture_default_str();
@@ -239,6 +246,21 @@ FinetuneToolOptions parse_finetune(int argc, char** argv) {
   app.add_option("--dist-bucket-mb", d.bucket_mb, "MiB of gradients per all-reduce")
       ->check(CLI::PositiveNumber)->capture_default_str();
   parse_or_exit(app, argc, argv);
+  if (t.memory_cap_gb > 0) {  // the deprecated decimal name: convert, warn, write only the new one
+    if (t.memory_cap_gib > 0) {
+      throw InputError("--memory-cap-gb and --memory-cap-gib: give only --memory-cap-gib");
+    }
+    t.memory_cap_gib = t.memory_cap_gb * 1e9 / double(int64_t{1} << 30);
+    std::cerr << "llt-finetune: warning: --memory-cap-gb is deprecated; --memory-cap-gb "
+              << t.memory_cap_gb << " is --memory-cap-gib " << t.memory_cap_gib << "\n";
+    t.memory_cap_gb = 0;
+    cap_gb->clear();
+    cap_gib->clear();
+    std::ostringstream gib;
+    gib << std::setprecision(17) << t.memory_cap_gib;  // reads back as the same double
+    cap_gib->add_result(gib.str());
+  }
+  app.remove_option(cap_gb);  // the resolved config names only --memory-cap-gib
   o.config_text = app.config_to_str(/*default_also=*/true, /*write_description=*/false);
   o.command_line = command_line(argc, argv);
   return o;

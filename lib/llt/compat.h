@@ -12,12 +12,19 @@
 //     collectives, whose signatures did not change. Options: 1.13 takes the timeout in
 //     ProcessGroupGloo::Options::create, NCCL's create takes only a stream priority; both keep a
 //     `timeout` member, which is what llt sets.
+//   - torch::optim keys per-parameter state by the parameter's TensorImpl: its address printed
+//     to a std::string in 1.13, the address itself (void*) in 2.x.
 #pragma once
 
 #include <cstddef>
 #include <cstring>
+#include <sstream>
+#include <string>
+#include <type_traits>
 
+#include <ATen/Context.h>
 #include <ATen/autocast_mode.h>
+#include <ATen/core/Tensor.h>
 #include <c10/core/Allocator.h>
 #include <c10/core/DeviceType.h>
 #include <c10/core/ScalarType.h>
@@ -101,6 +108,35 @@ struct AllocatorBase : c10::Allocator {
   // Pure virtual in 2.3+ (used by Allocator::clone); unused by 1.13.
   void copy_data(void* dest, const void* src, size_t count) const { std::memcpy(dest, src, count); }
 };
+
+// The key under which torch::optim keeps `p`'s state, for a state map of type StateMap
+// (decltype of Optimizer::state()).
+template <typename StateMap>
+typename StateMap::key_type optimizer_state_key(const at::Tensor& p) {
+  if constexpr (std::is_same_v<typename StateMap::key_type, std::string>) {
+    std::ostringstream os;  // what 1.13's c10::guts::to_string does
+    os << p.unsafeGetTensorImpl();
+    return os.str();
+  } else {
+    return p.unsafeGetTensorImpl();
+  }
+}
+
+// Restricts CUDA's scaled_dot_product_attention to the math backend (on) or lifts that (off):
+// the fused backends' backward accumulates with atomics, so bitwise tests need the math one.
+// LibTorch 1.13 has no SDPA, so nothing to set there.
+inline void set_math_attention_only(bool on) {
+#if LLT_TORCH_AT_LEAST(2, 0)
+  at::globalContext().setSDPUseFlash(!on);
+  at::globalContext().setSDPUseMemEfficient(!on);
+#if LLT_TORCH_AT_LEAST(2, 5)
+  at::globalContext().setSDPUseCuDNN(!on);
+#endif
+  at::globalContext().setSDPUseMath(true);
+#else
+  (void)on;
+#endif
+}
 
 // c10d: see the note at the top. Only distributed.cpp defines LLT_WITH_GLOO / LLT_WITH_NCCL.
 #if defined(LLT_WITH_GLOO) || defined(LLT_WITH_NCCL)

@@ -241,6 +241,14 @@ DistributedConfig resolve_distributed_config(const DistributedOptions& o, const 
   return c;
 }
 
+bool gloo_compiled() {
+#ifdef LLT_WITH_GLOO
+  return true;
+#else
+  return false;
+#endif
+}
+
 c10::Device device_for_rank(const c10::Device& device, const DistributedConfig& config) {
   if (config.world_size <= 1 || !device.is_cuda() || device.has_index()) return device;
   const auto visible = static_cast<int>(torch::cuda::device_count());

@@ -74,6 +74,10 @@ c10::Device device_for_rank(const c10::Device& device, const DistributedConfig& 
 std::vector<std::vector<size_t>> gradient_buckets(const std::vector<at::Tensor>& tensors,
                                                   int64_t bucket_bytes);
 
+// Whether this build has c10d's Gloo backend (CPU data parallelism; LLT_USE_GLOO and its
+// headers at configure time). Without it a world size > 1 on the CPU is an InputError.
+bool gloo_compiled();
+
 // A c10d process group over the run's processes: Gloo for a CPU device, NCCL for CUDA. Every
 // rank must call the collectives in the same order. A collective that fails (a peer exited, or
 // did not answer within the timeout) throws RuntimeError naming the operation.

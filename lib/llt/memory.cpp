@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <atomic>
 #include <fstream>
@@ -17,6 +18,7 @@
 #include <torch/cuda.h>
 
 #ifdef LLT_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #endif
 
@@ -27,6 +29,13 @@
 
 namespace llt {
 namespace {
+
+// Bytes as GiB with two decimals, for messages.
+std::string format_gib(int64_t bytes) {
+  char out[32];
+  std::snprintf(out, sizeof out, "%.2f", static_cast<double>(bytes) / double(int64_t{1} << 30));
+  return out;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Counting CPU allocator
@@ -302,6 +311,26 @@ void reset_host_peak() {
 
 void set_host_memory_cap(int64_t bytes) {
   g_cap.store(std::max<int64_t>(bytes, 0));
+}
+
+void set_memory_cap(const c10::Device& device, int64_t bytes) {
+  bytes = std::max<int64_t>(bytes, 0);
+  if (!device.is_cuda()) {
+    set_host_memory_cap(bytes);
+    return;
+  }
+#ifdef LLT_WITH_CUDA
+  const c10::DeviceIndex index = device.has_index() ? device.index() : 0;
+  const auto total = static_cast<int64_t>(at::cuda::getDeviceProperties(index)->totalGlobalMem);
+  if (bytes > total) {
+    throw InputError("--memory-cap-gib " + format_gib(bytes) + ": more than the " +
+                     format_gib(total) + " GiB of " + device.str());
+  }
+  const double fraction = bytes == 0 ? 1.0 : static_cast<double>(bytes) / total;
+  c10::cuda::CUDACachingAllocator::setMemoryFraction(fraction, index);
+#else
+  throw InputError("--memory-cap-gib: " + device.str() + " in a build without CUDA");
+#endif
 }
 
 bool cuda_memory_stats_compiled() {

@@ -38,6 +38,12 @@ void reset_host_peak();               // peak = current
 // allocator is reported as OutOfMemoryError too.
 void set_host_memory_cap(int64_t bytes);
 
+// The memory cap of a run on `device`, in bytes (0 = none): on the CPU the counted host bytes
+// (set_host_memory_cap); on CUDA the caching allocator's per-process memory fraction, bytes / the
+// device's total memory (the CUDA context is outside it). Throws InputError when `bytes` is more
+// than the device has, or a CUDA device is asked of a build without CUDA.
+void set_memory_cap(const c10::Device& device, int64_t bytes);
+
 // The counting allocator's cache of freed large blocks (32 MiB and up, which glibc would return
 // to the kernel and fault in again, zeroed, at the next allocation): at most `bytes` idle bytes
 // kept, reused for requests of the same size (rounded to 2 MiB); 0 turns caching off and frees

@@ -5,9 +5,9 @@
 #include <set>
 
 #include <ATen/ATen.h>
-#include <c10/util/string_utils.h>
 #include <torch/optim/adamw.h>
 
+#include "llt/compat.h"
 #include "llt/errors.h"
 #include "llt/safetensors.h"
 
@@ -16,10 +16,9 @@ namespace {
 
 constexpr double kPi = 3.14159265358979323846;
 
-// torch::optim keys per-parameter state by the address of the parameter's TensorImpl.
-std::string state_key(const at::Tensor& p) {
-  return c10::guts::to_string(p.unsafeGetTensorImpl());
-}
+using StateMap = std::decay_t<decltype(std::declval<torch::optim::AdamW&>().state())>;
+
+StateMap::key_type state_key(const at::Tensor& p) { return compat::optimizer_state_key<StateMap>(p); }
 
 torch::optim::AdamWOptions adamw_options(const OptimOptions& o, double weight_decay) {
   return torch::optim::AdamWOptions(o.lr)

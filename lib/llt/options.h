@@ -124,7 +124,11 @@ struct TrainOptions {
   std::string resume = "never";  // --resume: auto | never | PATH (a checkpoints/step-N folder)
   int64_t save_every = 0;     // --save-every: checkpoint every N steps (and always at the end)
   int64_t log_every = 1;      // --log-every: progress line every N steps
-  double memory_cap_gb = 0;   // --memory-cap-gb: CPU allocation cap (tests the OOM path); 0 = off
+  // --memory-cap-gib: the most tensor memory the run may hold, in GiB (0 = no cap), to emulate a
+  // smaller device: on CUDA it caps the caching allocator (which excludes the CUDA context), on
+  // the CPU the counted host bytes. Over it, the run ends with status oom (exit 3).
+  double memory_cap_gib = 0;
+  double memory_cap_gb = 0;  // --memory-cap-gb: deprecated (x 1e9 bytes); converted to GiB
 };
 
 // Data parallelism (lib/llt/distributed; its header says which environment variables fill what

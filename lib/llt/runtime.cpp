@@ -2,6 +2,7 @@
 
 #include <malloc.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <thread>
@@ -77,9 +78,18 @@ std::string device_without_bf16(const c10::Device& device) {
     // bf16 arithmetic (cuBLAS bf16 GEMMs included) needs compute capability 8.0 (Ampere).
     const cudaDeviceProp* p = device.has_index() ? at::cuda::getDeviceProperties(device.index())
                                                  : at::cuda::getCurrentDeviceProperties();
-    if (p->major < 8) {
-      return std::string(p->name) + " (compute capability " + std::to_string(p->major) + "." +
-             std::to_string(p->minor) + ")";
+    int major = p->major, minor = p->minor;
+    // LLT_CUDA_CAPABILITY=M.N: the capability to assume instead, so that the refusal a P100
+    // (6.0) gets can be tested on a newer GPU.
+    if (const char* v = std::getenv("LLT_CUDA_CAPABILITY")) {
+      if (std::sscanf(v, "%d.%d", &major, &minor) != 2) {
+        throw InputError("LLT_CUDA_CAPABILITY: expected MAJOR.MINOR (e.g. 6.0), got '" +
+                         std::string(v) + "'");
+      }
+    }
+    if (major < 8) {
+      return std::string(p->name) + " (compute capability " + std::to_string(major) + "." +
+             std::to_string(minor) + ")";
     }
   }
 #else

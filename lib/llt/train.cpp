@@ -512,7 +512,7 @@ class MemoryMonitor {
       reset_host_peak();
     }
   }
-  void set_cap(int64_t bytes) { set_host_memory_cap(bytes); }
+  void set_cap(int64_t bytes) { set_memory_cap(device_, bytes); }
   int64_t peak_allocated() const { return peak_allocated_; }
   int64_t peak_reserved() const { return peak_reserved_; }
   int64_t training_peak_allocated() const { return training_peak_; }
@@ -657,6 +657,7 @@ void write_summary(const Run& r, const FinetuneToolOptions& o, const TrainState&
       {"peak_reserved", monitor.peak_reserved()},
       {"peak_allocated_training", monitor.training_peak_allocated()},  // steps only, no loading
       {"peak_rss", m.peak_rss},
+      {"memory_cap_gib", o.train.memory_cap_gib},  // 0: none
       {"skipped_steps", state.scaler.skipped_steps},
       // Measured breakdown (the seed's Table 1, measured): bytes held by each kind. activations:
       // the most a micro-batch's forward held at its end (loss computed, before backward) above
@@ -797,7 +798,9 @@ int run_finetune(const FinetuneToolOptions& o) {
                                       : "memory.rank" + std::to_string(dist.rank) + ".jsonl"),
                         /*append=*/!resume_from.empty()),
             MemoryMonitor(r.device)};
-  if (o.train.memory_cap_gb > 0) logs.monitor.set_cap(static_cast<int64_t>(o.train.memory_cap_gb * 1e9));
+  if (o.train.memory_cap_gib > 0) {
+    logs.monitor.set_cap(static_cast<int64_t>(o.train.memory_cap_gib * double(int64_t{1} << 30)));
+  }
   if (lead) {
     if (group) {
       std::cerr << "llt-finetune: data parallel over " << dist.world_size << " processes ("

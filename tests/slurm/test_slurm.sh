@@ -286,6 +286,10 @@ for line in open(sys.argv[1]):
 fi
 
 if [[ $case_name == dp ]]; then
+  if [[ ${LLT_WITH_GLOO:-1} == 0 ]]; then
+    echo "SKIPPED: this build has no Gloo (CPU data parallelism)"
+    exit 77
+  fi
   # 2 ranks x 8 micro-batches against 1 process x 16: the same 16 samples per step. A free
   # rendezvous port: other build folders may run this test on their own clusters at once.
   port=$((30000 + RANDOM % 10000))
