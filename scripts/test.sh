@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command: installs dependencies, builds everything and runs the whole suite
 # with CTest twice: on Debian's LibTorch 1.13 (build/) and on the official CUDA LibTorch 2.11
-# (build-cuda/, scripts/build-cuda.sh; CPU device, the gpu tests skip without a GPU). Where the
+# (build-cuda/, scripts/build-cuda.sh; CPU device, the gpu tests skip without a GPU), then
+# rehearses the GPU machine's check (scripts/gpu-check.sh --dry-run). Where the
 # CUDA build cannot be made (no nvcc, no PyPI) its half is skipped with a message, unless
 # LLT_REQUIRE_CUDA=1 (CI), which makes that a failure. Extra arguments go to both ctest runs
 # (e.g. -L slow, -R Tokenizer).
@@ -27,6 +28,13 @@ cuda=0
 scripts/build-cuda.sh || cuda=$?
 if ((cuda == 0)); then
   run_ctest build-cuda "$@" || failed+=("build-cuda/ (LibTorch 2.11 CUDA)")
+  # The GPU machine's check, rehearsed on this CPU: built from the kit alone (build-gpu-dry/).
+  echo "== test.sh: scripts/gpu-check.sh --dry-run"
+  if scripts/gpu-kit.sh && scripts/gpu-check.sh --dry-run; then
+    echo "test.sh: gpu-check dry run passed (build-gpu-dry/out)"
+  else
+    failed+=("scripts/gpu-check.sh --dry-run (build-gpu-dry/out/gpu-check.log)")
+  fi
 elif ((cuda == 77)) && [[ ${LLT_REQUIRE_CUDA:-0} != 1 ]]; then
   echo "test.sh: CUDA LibTorch 2.11 half skipped (see the line above); LLT_REQUIRE_CUDA=1 makes this a failure"
 else

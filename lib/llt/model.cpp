@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <limits>
+#include <optional>
 
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -10,6 +11,7 @@
 #include "llt/attention.h"
 #include "llt/compat.h"
 #include "llt/errors.h"
+#include "llt/runtime.h"
 
 namespace llt {
 
@@ -343,14 +345,19 @@ torch::Tensor TransformerImpl::hidden(const torch::Tensor& tokens, KVCache* cach
 void TransformerImpl::init_random(uint64_t seed) {
   torch::NoGradGuard no_grad;
   auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  std::optional<at::Generator> device_gen;
   for (auto& item : named_parameters(/*recurse=*/true)) {
     auto& p = item.value();
-    // Draw on the CPU in fp32 so values do not depend on the target device/dtype, and in place:
-    // straight into an fp32 CPU parameter, else through one fp32 buffer (a 7B embedding table is
-    // 524 MB, and out-of-place arithmetic held two such temporaries at load).
-    const bool direct = p.device().is_cpu() && p.scalar_type() == torch::kFloat;
-    auto values = direct ? p : at::empty(p.sizes(), torch::TensorOptions().dtype(torch::kFloat));
-    values.normal_(0.0, 1.0, gen);
+    // Draw in fp32 so values do not depend on the dtype, and in place: straight into an fp32
+    // parameter, else through one fp32 buffer (a 7B embedding table is 524 MB, and out-of-place
+    // arithmetic held two such temporaries at load). On the CPU for CPU parameters; on the
+    // device for CUDA ones, from a generator of that device seeded alike (other values than the
+    // CPU's: drawing a 32-layer 7B model on the CPU would cost about 45 s).
+    const bool on_device = !p.device().is_cpu();
+    if (on_device && !device_gen) device_gen = seeded_generator(p.device(), seed);
+    const bool direct = p.scalar_type() == torch::kFloat;
+    auto values = direct ? p : at::empty(p.sizes(), p.options().dtype(torch::kFloat));
+    values.normal_(0.0, 1.0, on_device ? *device_gen : gen);
     if (p.dim() == 1) {
       values.mul_(0.1).add_(1.0);
     } else {

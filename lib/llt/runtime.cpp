@@ -10,8 +10,10 @@
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <torch/cuda.h>
+#include <ATen/CPUGeneratorImpl.h>
 #ifdef LLT_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAGeneratorImpl.h>
 #endif
 
 #include "llt/errors.h"
@@ -70,6 +72,18 @@ c10::Device resolve_device(const std::string& name) {
     return c10::Device(name);
   }
   throw InputError("--device: expected auto, cpu or cuda[:N], got '" + name + "'");
+}
+
+at::Generator seeded_generator(const c10::Device& device, uint64_t seed) {
+  if (device.is_cpu()) return at::make_generator<at::CPUGeneratorImpl>(seed);
+#ifdef LLT_WITH_CUDA
+  if (device.is_cuda()) {
+    auto gen = at::make_generator<at::CUDAGeneratorImpl>(device.has_index() ? device.index() : 0);
+    gen.set_current_seed(seed);
+    return gen;
+  }
+#endif
+  throw InputError("no random generator for device " + device.str() + " in this build");
 }
 
 std::string device_without_bf16(const c10::Device& device) {

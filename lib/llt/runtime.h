@@ -1,8 +1,10 @@
 // Process-level set-up shared by every tool: allocator tuning, threads, device and dtype.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
+#include <ATen/core/Generator.h>
 #include <c10/core/Device.h>
 #include <c10/core/ScalarType.h>
 
@@ -26,6 +28,10 @@ int configure_threads(int requested);
 
 // "auto" -> cuda if available else cpu; "cpu"; "cuda" or "cuda:N" (InputError if no CUDA).
 c10::Device resolve_device(const std::string& name);
+
+// A new random generator of `device` (CPU or CUDA) seeded with `seed`, apart from the default
+// generators. Throws InputError for CUDA in a build without CUDA.
+at::Generator seeded_generator(const c10::Device& device, uint64_t seed);
 
 // "fp32" | "bf16" | "fp16" -> ScalarType. fp16 on a CPU device is an InputError: LibTorch's
 // CPU kernels lack half matmul/softmax (PLATFORM.md); so is bf16 on a GPU without it.
