@@ -29,9 +29,13 @@ scripts/build-cuda.sh || cuda=$?
 if ((cuda == 0)); then
   run_ctest build-cuda "$@" || failed+=("build-cuda/ (LibTorch 2.11 CUDA)")
   # The GPU machine's check, rehearsed on this CPU: built from the kit alone (build-gpu-dry/).
+  # Then stage 2 again: every cell is on record, so none runs twice.
   echo "== test.sh: scripts/gpu-check.sh --dry-run"
-  if scripts/gpu-kit.sh && scripts/gpu-check.sh --dry-run; then
-    echo "test.sh: gpu-check dry run passed (build-gpu-dry/out)"
+  rm -rf build-gpu-dry/out
+  if scripts/gpu-kit.sh && scripts/gpu-check.sh --dry-run &&
+    cells=$(wc -l <build-gpu-dry/out/cells.jsonl) && scripts/gpu-check.sh --dry-run --stage 2 &&
+    [[ $(wc -l <build-gpu-dry/out/cells.jsonl) == "$cells" ]]; then
+    echo "test.sh: gpu-check dry run passed ($cells cells; a rerun skipped them all)"
   else
     failed+=("scripts/gpu-check.sh --dry-run (build-gpu-dry/out/gpu-check.log)")
   fi
