@@ -130,14 +130,14 @@ std::vector<at::Tensor> checkpointed_gradients(const std::string& policy) {
   ModelArgs args = preset_args("tiny");
   args.n_layers = 3;
   const c10::Device cuda("cuda");
-  Transformer model(args, at::TensorOptions().dtype(at::kFloat));
+  // Built on the device (as load_model does): the RoPE tables are no module buffers.
+  Transformer model(args, at::TensorOptions().dtype(at::kFloat).device(cuda));
   model->init_random(5);
   LoraOptions lora;
   lora.targets = lora_target_names();
   lora.dropout = 0.1;
   apply_lora(*model, lora);
   for (auto& p : model->parameters()) p.set_requires_grad(true);
-  model->to(cuda);
   model->train();
   RecomputeOptions r;
   r.grad_checkpoint = policy;
@@ -271,9 +271,11 @@ TEST(Cuda, MemoryCapCapsTheCachingAllocator) {
   EXPECT_NE(summary["error"].get<std::string>().find("out of memory"), std::string::npos)
       << summary["error"];
   EXPECT_DOUBLE_EQ(summary["memory_cap_gib"].get<double>(), 0.001);
-  // A cap over the device's memory is bad input.
+  // A cap over the device's memory is bad input, refused before anything is written.
   const auto over = run_tool(finetune(data, dir / "over") + "--memory-cap-gib 100000");
   EXPECT_EQ(over.code, 1) << over.output;
+  EXPECT_NE(over.output.find("more than the"), std::string::npos) << over.output;
+  EXPECT_FALSE(fs::exists(dir / "over"));
 }
 
 TEST(Cuda, NcclTwoRanksEqualOneRankWithTwiceTheAccumulation) {

@@ -313,12 +313,8 @@ void set_host_memory_cap(int64_t bytes) {
   g_cap.store(std::max<int64_t>(bytes, 0));
 }
 
-void set_memory_cap(const c10::Device& device, int64_t bytes) {
-  bytes = std::max<int64_t>(bytes, 0);
-  if (!device.is_cuda()) {
-    set_host_memory_cap(bytes);
-    return;
-  }
+void check_memory_cap(const c10::Device& device, int64_t bytes) {
+  if (!device.is_cuda()) return;
 #ifdef LLT_WITH_CUDA
   const c10::DeviceIndex index = device.has_index() ? device.index() : 0;
   const auto total = static_cast<int64_t>(at::cuda::getDeviceProperties(index)->totalGlobalMem);
@@ -326,10 +322,24 @@ void set_memory_cap(const c10::Device& device, int64_t bytes) {
     throw InputError("--memory-cap-gib " + format_gib(bytes) + ": more than the " +
                      format_gib(total) + " GiB of " + device.str());
   }
+#else
+  (void)bytes;
+  throw InputError("--memory-cap-gib: " + device.str() + " in a build without CUDA");
+#endif
+}
+
+void set_memory_cap(const c10::Device& device, int64_t bytes) {
+  bytes = std::max<int64_t>(bytes, 0);
+  if (!device.is_cuda()) {
+    set_host_memory_cap(bytes);
+    return;
+  }
+  check_memory_cap(device, bytes);
+#ifdef LLT_WITH_CUDA
+  const c10::DeviceIndex index = device.has_index() ? device.index() : 0;
+  const auto total = static_cast<double>(at::cuda::getDeviceProperties(index)->totalGlobalMem);
   const double fraction = bytes == 0 ? 1.0 : static_cast<double>(bytes) / total;
   c10::cuda::CUDACachingAllocator::setMemoryFraction(fraction, index);
-#else
-  throw InputError("--memory-cap-gib: " + device.str() + " in a build without CUDA");
 #endif
 }
 

@@ -43,6 +43,8 @@ void set_host_memory_cap(int64_t bytes);
 // device's total memory (the CUDA context is outside it). Throws InputError when `bytes` is more
 // than the device has, or a CUDA device is asked of a build without CUDA.
 void set_memory_cap(const c10::Device& device, int64_t bytes);
+// The InputError set_memory_cap would throw, thrown before anything is loaded or written.
+void check_memory_cap(const c10::Device& device, int64_t bytes);
 
 // The counting allocator's cache of freed large blocks (32 MiB and up, which glibc would return
 // to the kernel and fault in again, zeroed, at the next allocation): at most `bytes` idle bytes

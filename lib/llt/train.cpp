@@ -307,6 +307,7 @@ Run prepare_run(const FinetuneToolOptions& o, const DistributedConfig& dist) {
                                             : resolve_dtype(o.train.base_dtype, r.device);
   r.precision = o.train.precision;
   check_precision(r, o);
+  check_memory_cap(r.device, static_cast<int64_t>(o.train.memory_cap_gib * double(int64_t{1} << 30)));
   validate_optim_options(o.optim);
   validate_recompute_options(o.recompute);
   if (o.lora.rank > 0) validate_lora_options(o.lora, "--lora-*");
