@@ -14,7 +14,9 @@ each 'Key: value' with a known key, Bootstrap first; sections are known names, e
 This project's rules: the sections llt.def needs are present, the base image is pinned to an
 exact tag, %post builds with CMAKE_PREFIX_PATH=/opt/libtorch and -DLLT_GIT_SHA (the copied tree is
 partial: CMake's git status would call it dirty), compares nccl.h's NCCL_VERSION_CODE with
-LibTorch's NCCL, and %test runs ctest.
+LibTorch's NCCL, %test runs ctest, and the LibTorch it downloads (LIBTORCH_VERSION, its URL and
+the llt.libtorch label) is the version CI builds and tests (torch== in scripts/cuda-wheels.txt),
+with a CUDA suffix: one LibTorch API on the cluster, in CI and on the GPU check.
 """
 import os
 import re
@@ -141,6 +143,31 @@ def check_sections(sections, context, problems):
                                        "LibTorch's NCCL"))
     if "test" in bodies and not re.search(r"\bctest\b", bodies["test"]):
         problems.append((seen["test"], "%test does not run ctest"))
+    if "post" in bodies:
+        check_libtorch_version(bodies, seen, context, problems)
+
+
+def check_libtorch_version(bodies, seen, context, problems):
+    """LIBTORCH_VERSION, its URL and label name the torch version CI pins."""
+    try:
+        with open(os.path.join(context, "scripts", "cuda-wheels.txt"), encoding="utf-8") as f:
+            pinned = re.search(r"^torch==(\S+)", f.read(), re.M).group(1)
+    except (OSError, AttributeError):
+        problems.append((seen["post"], "scripts/cuda-wheels.txt pins no torch== version"))
+        return
+    version = re.search(r"^\s*LIBTORCH_VERSION=(\S+)", bodies["post"], re.M)
+    if not version or not re.fullmatch(re.escape(pinned) + r"\+cu\d+", version.group(1)):
+        problems.append((seen["post"], f"%post LIBTORCH_VERSION "
+                                       f"{version.group(1) if version else '(none)'} is not "
+                                       f"{pinned}+cuNNN, the torch CI tests"))
+        return
+    url_version = version.group(1).replace("+", "%2B")
+    url = re.search(r"^\s*LIBTORCH_URL=(\S+)", bodies["post"], re.M)
+    if not url or url_version not in url.group(1):
+        problems.append((seen["post"], f"%post LIBTORCH_URL does not download {version.group(1)}"))
+    if not re.search(r"^\s*llt\.libtorch " + re.escape(version.group(1)) + r"\s*$",
+                     bodies.get("labels", ""), re.M):
+        problems.append((seen.get("labels", 1), f"label llt.libtorch is not {version.group(1)}"))
 
 
 def check(path, context=None):
@@ -186,6 +213,11 @@ BREAKAGES = [
     ("no -DLLT_GIT_SHA", _sub(r" -DLLT_GIT_SHA=\S+", ""), "-DLLT_GIT_SHA"),
     ("no NCCL version check", lambda text: text.replace("NCCL_VERSION_CODE", "X"),
      "NCCL_VERSION_CODE"),
+    ("LibTorch other than CI's", _sub(r"LIBTORCH_VERSION=2\.11\.0", "LIBTORCH_VERSION=2.7.1"),
+     "the torch CI tests"),
+    ("URL of another LibTorch", _sub(r"shared-with-deps-2\.11\.0", "shared-with-deps-2.7.1"),
+     "LIBTORCH_URL"),
+    ("stale label", _sub(r"llt\.libtorch 2\.11\.0", "llt.libtorch 2.7.1"), "label llt.libtorch"),
 ]
 
 
