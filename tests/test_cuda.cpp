@@ -125,32 +125,49 @@ TEST(Cuda, GreedyIdsEqualCpuWhereTheMarginIsClear) {
   }
 }
 
-// One forward and backward of a 3-block LoRA + full model with dropout on CUDA.
-std::vector<at::Tensor> checkpointed_gradients(const std::string& policy) {
+// A 3-block LoRA + full model with dropout on CUDA (every-k with K = 2 checkpoints blocks 0
+// and 2), built on the device as load_model does (the RoPE tables are no module buffers).
+// lora_b gets non-zero values so that dropout reaches the base gradients too.
+Transformer checkpointing_model() {
   ModelArgs args = preset_args("tiny");
   args.n_layers = 3;
-  const c10::Device cuda("cuda");
-  // Built on the device (as load_model does): the RoPE tables are no module buffers.
-  Transformer model(args, at::TensorOptions().dtype(at::kFloat).device(cuda));
+  Transformer model(args, at::TensorOptions().dtype(at::kFloat).device(c10::Device("cuda")));
   model->init_random(5);
   LoraOptions lora;
   lora.targets = lora_target_names();
   lora.dropout = 0.1;
+  torch::manual_seed(7);  // LoRA's A init draws from the CUDA generator
   apply_lora(*model, lora);
+  at::NoGradGuard no_grad;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(17);
+  for (auto& [name, p] : lora_parameters(*model)) {
+    if (name.find("lora_b") != std::string::npos) {
+      p.copy_(0.05 * at::normal(0, 1, p.sizes(), gen));
+    }
+  }
   for (auto& p : model->parameters()) p.set_requires_grad(true);
   model->train();
+  return model;
+}
+
+// One forward and backward of `model` from a fixed random state: every gradient, then the
+// first draw after backward (the stream the recomputation must leave as the plain run does).
+std::vector<at::Tensor> checkpointed_gradients(TransformerImpl& model, const std::string& policy,
+                                               uint64_t seed = 1234) {
+  model.zero_grad();
   RecomputeOptions r;
   r.grad_checkpoint = policy;
   r.grad_checkpoint_every = 2;
-  torch::manual_seed(1234);  // seeds the CUDA generators too
-  const auto tokens = fixed_tokens(2, 16, args.vocab_size).to(cuda);
-  const auto logits = forward_with_checkpointing(*model, tokens, r);
+  const int64_t vocab = model.tok_embeddings->weight.size(0);
+  const c10::Device cuda("cuda");
+  torch::manual_seed(seed);  // seeds the CUDA generators too
+  const auto tokens = fixed_tokens(2, 16, vocab).to(cuda);
+  const auto logits = forward_with_checkpointing(model, tokens, r);
   const auto log_probs = at::log_softmax(logits.narrow(1, 0, 15), -1);
-  at::nll_loss(log_probs.reshape({-1, args.vocab_size}), tokens.narrow(1, 1, 15).reshape(-1))
-      .backward();
+  at::nll_loss(log_probs.reshape({-1, vocab}), tokens.narrow(1, 1, 15).reshape(-1)).backward();
   std::vector<at::Tensor> grads;
-  for (const auto& p : model->parameters()) grads.push_back(p.grad().cpu());
-  grads.push_back(at::rand({4}, at::TensorOptions().device(cuda)).cpu());  // the stream after
+  for (const auto& p : model.parameters()) grads.push_back(p.grad().cpu());
+  grads.push_back(at::rand({4}, at::TensorOptions().device(cuda)).cpu());
   return grads;
 }
 
@@ -161,9 +178,10 @@ TEST(Cuda, CheckpointedGradientsBitwiseEqualWithDropout) {
   setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8", 1);
   at::globalContext().setDeterministicAlgorithms(true, /*warn_only=*/false);
   compat::set_math_attention_only(true);
-  const auto plain = checkpointed_gradients("none");
+  auto model = checkpointing_model();
+  const auto plain = checkpointed_gradients(*model, "none");
   for (const std::string policy : {"block", "every-k", "ffn"}) {
-    const auto again = checkpointed_gradients(policy);
+    const auto again = checkpointed_gradients(*model, policy);
     ASSERT_EQ(plain.size(), again.size());
     for (size_t i = 0; i < plain.size(); ++i) {
       EXPECT_TRUE(at::equal(plain[i], again[i]))
@@ -171,6 +189,10 @@ TEST(Cuda, CheckpointedGradientsBitwiseEqualWithDropout) {
           << (plain[i] - again[i]).abs().max().item<double>();
     }
   }
+  // Dropout matters: another seed (other masks) gives other gradients, so the equality above
+  // is not vacuous.
+  const auto other = checkpointed_gradients(*model, "none", /*seed=*/99);
+  EXPECT_FALSE(at::equal(plain.front(), other.front()));
   compat::set_math_attention_only(false);
   at::globalContext().setDeterministicAlgorithms(false, false);
 }
@@ -204,8 +226,10 @@ TEST(Cuda, Fp16LossScalerSkipsAnInfStepAndHalvesTheScale) {
 TEST(Cuda, Fp16StepsFollowTheFp32Losses) {
   LLT_REQUIRE_CUDA_DEVICES(1);
   const auto dir = fresh_dir("fp16");
-  const auto data = tokenized(dir, 40);
-  const std::string common = " --max-steps 20 --lr 1e-3 --lora-rank 8 --grad-accum 2";
+  // 4 samples, 2 windows an epoch, 10 epochs: step 19 repeats step 1's window, so the loss
+  // falling between them is learning, not an easier batch.
+  const auto data = tokenized(dir, 4);
+  const std::string common = " --epochs 10 --lr 1e-3 --lora-rank 8 --grad-accum 2";
   const auto fp32 = run_tool(finetune(data, dir / "fp32") + common + " --precision fp32");
   ASSERT_EQ(fp32.code, 0) << fp32.output;
   const auto fp16 = run_tool(finetune(data, dir / "fp16") + common + " --precision fp16");
@@ -219,7 +243,7 @@ TEST(Cuda, Fp16StepsFollowTheFp32Losses) {
     const double la = a[i]["loss"], lb = b[i]["loss"];
     EXPECT_NEAR(lb, la, 0.01 * la) << "step " << i + 1;
   }
-  EXPECT_LT(a.back()["loss"].get<double>(), a.front()["loss"].get<double>()) << "it learns";
+  EXPECT_LT(a[18]["loss"].get<double>(), a[0]["loss"].get<double>()) << "it learns";
 }
 
 TEST(Cuda, Bf16IsRefusedBelowComputeCapabilityEight) {

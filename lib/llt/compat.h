@@ -145,6 +145,16 @@ using CollectiveBackend = c10d::Backend;
 #else
 using CollectiveBackend = c10d::ProcessGroup;
 #endif
+
+// Ends the backend's communicators before it is destroyed: 2.x's ProcessGroupNCCL warns (and
+// aborts its communicators) when destroyed without shutdown(); 1.13 has no shutdown.
+inline void shutdown_backend(CollectiveBackend& backend) {
+#if LLT_TORCH_AT_LEAST(2, 0)
+  backend.shutdown();
+#else
+  (void)backend;
+#endif
+}
 #endif
 
 }  // namespace llt::compat

@@ -1,6 +1,7 @@
 #include "llt/distributed.h"
 
 #include <algorithm>
+#include <iostream>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
@@ -407,7 +408,14 @@ ProcessGroup::ProcessGroup(const DistributedConfig& config, const c10::Device& d
   m.scalars = at::zeros({kMaxScalars}, at::TensorOptions().dtype(at::kDouble).device(device));
 }
 
-ProcessGroup::~ProcessGroup() = default;
+ProcessGroup::~ProcessGroup() {
+  if (!impl_ || !impl_->backend) return;
+  try {
+    compat::shutdown_backend(*impl_->backend);
+  } catch (const std::exception& e) {  // leaving anyway: say so, never throw from here
+    std::cerr << "llt: warning: closing the process group: " << first_line(e.what()) << "\n";
+  }
+}
 
 int ProcessGroup::rank() const {
   return impl_->config.rank;

@@ -112,23 +112,24 @@ std::string device_without_bf16(const c10::Device& device) {
   return "";
 }
 
-c10::ScalarType resolve_dtype(const std::string& name, const c10::Device& device) {
+c10::ScalarType resolve_dtype(const std::string& name, const c10::Device& device,
+                              const std::string& flag) {
   if (name == "fp32") return c10::kFloat;
   if (name == "bf16") {
     const std::string gpu = device_without_bf16(device);
     if (!gpu.empty()) {
-      throw InputError("--dtype bf16: " + gpu + " has no bf16 arithmetic; use fp16 or fp32");
+      throw InputError(flag + " bf16: " + gpu + " has no bf16 arithmetic; use fp16 or fp32");
     }
     return c10::kBFloat16;
   }
   if (name == "fp16") {
     if (device.is_cpu()) {
-      throw InputError("--dtype fp16: not supported on CPU (LibTorch CPU kernels lack half "
+      throw InputError(flag + " fp16: not supported on CPU (LibTorch CPU kernels lack half "
                        "matmul/softmax); use bf16 or fp32");
     }
     return c10::kHalf;
   }
-  throw InputError("--dtype: expected fp32, bf16 or fp16, got '" + name + "'");
+  throw InputError(flag + ": expected fp32, bf16 or fp16, got '" + name + "'");
 }
 
 std::string dtype_name(c10::ScalarType dtype) {

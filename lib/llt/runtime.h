@@ -35,7 +35,8 @@ at::Generator seeded_generator(const c10::Device& device, uint64_t seed);
 
 // "fp32" | "bf16" | "fp16" -> ScalarType. fp16 on a CPU device is an InputError: LibTorch's
 // CPU kernels lack half matmul/softmax (PLATFORM.md); so is bf16 on a GPU without it.
-c10::ScalarType resolve_dtype(const std::string& name, const c10::Device& device);
+c10::ScalarType resolve_dtype(const std::string& name, const c10::Device& device,
+                              const std::string& flag = "--dtype");
 
 // "" when `device` computes in bf16; else the GPU's name and compute capability (a CUDA device
 // below 8.0: the P100 is 6.0). Always "" for the CPU and in a build without CUDA.

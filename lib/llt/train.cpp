@@ -304,7 +304,7 @@ Run prepare_run(const FinetuneToolOptions& o, const DistributedConfig& dist) {
   r.device = device_for_rank(resolve_device(o.model.device), dist);
   r.param_dtype = resolve_dtype(o.model.dtype, r.device);
   r.base_dtype = o.train.base_dtype.empty() ? r.param_dtype
-                                            : resolve_dtype(o.train.base_dtype, r.device);
+                                            : resolve_dtype(o.train.base_dtype, r.device, "--base-dtype");
   r.precision = o.train.precision;
   check_precision(r, o);
   check_memory_cap(r.device, static_cast<int64_t>(o.train.memory_cap_gib * double(int64_t{1} << 30)));
