@@ -4,9 +4,9 @@
 # root with $OUT set; everything else of llt's build comes from .gpu-kit/ (scripts/gpu-kit.sh,
 # carried with the tree). Two stages, each under its own time limit, each appending to $OUT as
 # it goes:
-#   stage 1 (LLT_STAGE1_S, 300 s): environment report, configure and build from the kit only,
+#   stage 1 (LLT_STAGE1_S, 240 s): environment report, configure and build from the kit only,
 #           `ctest -L gpu`;
-#   stage 2 (LLT_STAGE2_S, 200 s): measurements in priority order, one cell at a time, each
+#   stage 2 (LLT_STAGE2_S, 240 s): measurements in priority order, one cell at a time, each
 #           cell's result appended to $OUT/cells.jsonl the moment it ends. Cells already in
 #           results/gpu/cells.jsonl (an earlier session's, committed) or in $OUT/cells.jsonl are
 #           skipped, so the grid may span sessions.
@@ -257,7 +257,7 @@ pack() {
 
 status=0
 for s in "${stages[@]}"; do
-  if ((dry)); then limit=0; else limit=${LLT_STAGE1_S:-300}; [[ $s == 2 ]] && limit=${LLT_STAGE2_S:-200}; fi
+  if ((dry)); then limit=0; else limit=${LLT_STAGE1_S:-240}; [[ $s == 2 ]] && limit=${LLT_STAGE2_S:-240}; fi
   export -f log die kitrun stage1 stage2 cell done_cells
   export dry build OUT kit kit_libs sha torch torch_version torch_cuda site nvcc cmake ctest runs root
   code=0
