@@ -313,8 +313,9 @@ void set_host_memory_cap(int64_t bytes) {
   g_cap.store(std::max<int64_t>(bytes, 0));
 }
 
-void check_memory_cap(const c10::Device& device, int64_t bytes) {
-  if (!device.is_cuda()) return;
+// The total memory of CUDA `device` after checking that a cap of `bytes` fits in it (what
+// check_memory_cap promises); InputError otherwise, or in a build without CUDA.
+static int64_t cuda_total_for_cap(const c10::Device& device, int64_t bytes) {
 #ifdef LLT_WITH_CUDA
   const c10::DeviceIndex index = device.has_index() ? device.index() : 0;
   const auto total = static_cast<int64_t>(at::cuda::getDeviceProperties(index)->totalGlobalMem);
@@ -322,10 +323,15 @@ void check_memory_cap(const c10::Device& device, int64_t bytes) {
     throw InputError("--memory-cap-gib " + format_gib(bytes) + ": more than the " +
                      format_gib(total) + " GiB of " + device.str());
   }
+  return total;
 #else
   (void)bytes;
   throw InputError("--memory-cap-gib: " + device.str() + " in a build without CUDA");
 #endif
+}
+
+void check_memory_cap(const c10::Device& device, int64_t bytes) {
+  if (device.is_cuda()) cuda_total_for_cap(device, bytes);
 }
 
 void set_memory_cap(const c10::Device& device, int64_t bytes) {
@@ -334,12 +340,13 @@ void set_memory_cap(const c10::Device& device, int64_t bytes) {
     set_host_memory_cap(bytes);
     return;
   }
-  check_memory_cap(device, bytes);
+  const auto total = static_cast<double>(cuda_total_for_cap(device, bytes));
 #ifdef LLT_WITH_CUDA
-  const c10::DeviceIndex index = device.has_index() ? device.index() : 0;
-  const auto total = static_cast<double>(at::cuda::getDeviceProperties(index)->totalGlobalMem);
   const double fraction = bytes == 0 ? 1.0 : static_cast<double>(bytes) / total;
-  c10::cuda::CUDACachingAllocator::setMemoryFraction(fraction, index);
+  c10::cuda::CUDACachingAllocator::setMemoryFraction(
+      fraction, device.has_index() ? device.index() : 0);
+#else
+  (void)total;
 #endif
 }
 

@@ -296,6 +296,11 @@ void check_precision(const Run& r, const FinetuneToolOptions& o) {
   }
 }
 
+// --memory-cap-gib in bytes (0: none).
+int64_t memory_cap_bytes(const TrainOptions& t) {
+  return static_cast<int64_t>(t.memory_cap_gib * double(int64_t{1} << 30));
+}
+
 Run prepare_run(const FinetuneToolOptions& o, const DistributedConfig& dist) {
   Run r;
   r.dir = o.output;
@@ -307,7 +312,7 @@ Run prepare_run(const FinetuneToolOptions& o, const DistributedConfig& dist) {
                                             : resolve_dtype(o.train.base_dtype, r.device, "--base-dtype");
   r.precision = o.train.precision;
   check_precision(r, o);
-  check_memory_cap(r.device, static_cast<int64_t>(o.train.memory_cap_gib * double(int64_t{1} << 30)));
+  check_memory_cap(r.device, memory_cap_bytes(o.train));
   validate_optim_options(o.optim);
   validate_recompute_options(o.recompute);
   if (o.lora.rank > 0) validate_lora_options(o.lora, "--lora-*");
@@ -799,9 +804,7 @@ int run_finetune(const FinetuneToolOptions& o) {
                                       : "memory.rank" + std::to_string(dist.rank) + ".jsonl"),
                         /*append=*/!resume_from.empty()),
             MemoryMonitor(r.device)};
-  if (o.train.memory_cap_gib > 0) {
-    logs.monitor.set_cap(static_cast<int64_t>(o.train.memory_cap_gib * double(int64_t{1} << 30)));
-  }
+  if (o.train.memory_cap_gib > 0) logs.monitor.set_cap(memory_cap_bytes(o.train));
   if (lead) {
     if (group) {
       std::cerr << "llt-finetune: data parallel over " << dist.world_size << " processes ("
