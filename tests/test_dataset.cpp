@@ -19,7 +19,9 @@
 #include "llt/errors.h"
 #include "llt/io.h"
 #include "llt/sha256.h"
-#include "llt/tokenize_tool.h"
+#include "llt/tools/tokenize.h"
+
+using namespace llt::tools;  // the tool layer under test
 
 namespace {
 
@@ -38,13 +40,13 @@ const fs::path kLlama2 = kSource / "assets/tokenizers/llama2/tokenizer.model";
 const fs::path& alpaca_dir() {
   static const fs::path dir = [] {
     const auto d = fresh_dir("alpaca") / "data";
-    llt::TokenizeToolOptions o;
+    llt::tools::TokenizeToolOptions o;
     o.tokenizer = kLlama2.string();
     o.output = d.string();
     o.first = 280;
     o.samples_per_shard = 100;
     o.threads = 2;
-    llt::run_tokenize(o, "test_dataset");
+    llt::tools::run_tokenize(o, "test_dataset");
     return d;
   }();
   return dir;
@@ -145,13 +147,13 @@ TEST(Dataset, ShardAttributesMustAgreeWithTheManifest) {
   // updated so that only the attribute check can catch it.
   const auto dir = copy_of_dataset("swapped");
   const auto other = fresh_dir("swapped_other") / "data";
-  llt::TokenizeToolOptions o;
+  llt::tools::TokenizeToolOptions o;
   o.tokenizer = kLlama2.string();
   o.output = other.string();
   o.first = 100;
   o.max_len = 256;
   o.threads = 1;
-  llt::run_tokenize(o, "other");
+  llt::tools::run_tokenize(o, "other");
   fs::copy_file(other / "shard-00000.h5", dir / "shard-00000.h5",
                 fs::copy_options::overwrite_existing);
   auto m = json::parse(llt::read_file(dir / "manifest.json"));

@@ -24,13 +24,15 @@
 
 #include "llt/distributed.h"
 #include "llt/io.h"
-#include "llt/options.h"
+#include "llt/tools/options.h"
 #include "llt/safetensors.h"
-#include "llt/tokenize_tool.h"
+#include "llt/tools/tokenize.h"
 
 #include "test_support.h"
 
 extern char** environ;
+
+using namespace llt::tools;  // the tool layer under test
 
 namespace llt {
 namespace {

@@ -15,10 +15,12 @@
 #include "llt/checkpoint.h"
 #include "llt/errors.h"
 #include "llt/generate.h"
-#include "llt/generate_tool.h"
+#include "llt/tools/generate.h"
 #include "llt/io.h"
 #include "llt/tokenizer.h"
 #include "test_support.h"
+
+using namespace llt::tools;  // the tool layer under test
 
 namespace llt {
 namespace {

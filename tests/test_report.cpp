@@ -12,10 +12,12 @@
 
 #include "llt/errors.h"
 #include "llt/io.h"
-#include "llt/options.h"
-#include "llt/report.h"
+#include "llt/tools/options.h"
+#include "llt/tools/report.h"
 
 #include "test_support.h"
+
+using namespace llt::tools;  // the tool layer under test
 
 namespace llt {
 namespace {

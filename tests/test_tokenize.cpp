@@ -22,8 +22,10 @@
 #include "llt/io.h"
 #include "llt/sha256.h"
 #include "llt/shards.h"
-#include "llt/tokenize_tool.h"
+#include "llt/tools/tokenize.h"
 #include "llt/tokenizer.h"
+
+using namespace llt::tools;  // the tool layer under test
 
 namespace {
 
@@ -60,8 +62,8 @@ const llt::AlpacaFile& alpaca() {
 }
 
 
-llt::TokenizeToolOptions options(const fs::path& output) {
-  llt::TokenizeToolOptions o;
+llt::tools::TokenizeToolOptions options(const fs::path& output) {
+  llt::tools::TokenizeToolOptions o;
   o.tokenizer = kLlama2.string();
   o.output = output.string();
   o.threads = 2;
@@ -291,7 +293,7 @@ TEST(LltTokenize, AllShippedSamplesMatchTheReference) {
     auto o = options(dir / "out");
     o.on_bad_record = "skip";  // the 4 records with an empty output
     o.max_len = max_len;
-    ASSERT_EQ(llt::run_tokenize(o, "test"), 0);
+    ASSERT_EQ(llt::tools::run_tokenize(o, "test"), 0);
     expect_whole_file(g, dir / "out");
   }
 }
@@ -304,7 +306,7 @@ TEST(LltTokenize, OutputDoesNotDependOnTheThreadCount) {
     o.on_bad_record = "skip";
     o.threads = threads;
     o.samples_per_shard = 1500;  // 4 shards
-    ASSERT_EQ(llt::run_tokenize(o, "threads " + std::to_string(threads)), 0);
+    ASSERT_EQ(llt::tools::run_tokenize(o, "threads " + std::to_string(threads)), 0);
     outs.push_back(o.output);
   }
   const auto m1 = llt::read_manifest(outs[0]);
@@ -330,7 +332,7 @@ TEST(LltTokenize, ShardsCarryAttributesAndFirstIndex) {
   o.first = 200;
   o.samples_per_shard = 64;
   o.max_len = 256;
-  ASSERT_EQ(llt::run_tokenize(o, "test"), 0);
+  ASSERT_EQ(llt::tools::run_tokenize(o, "test"), 0);
   const auto m = llt::read_manifest(dir / "out");
   ASSERT_EQ(m.shards.size(), 4u);  // 64 + 64 + 64 + 8
   int64_t samples = 0;
@@ -359,7 +361,7 @@ TEST(LltTokenize, SkipAndFirstSelectRecords) {
   auto o = options(dir / "out");
   o.skip = 10;
   o.first = 20;
-  ASSERT_EQ(llt::run_tokenize(o, "test"), 0);
+  ASSERT_EQ(llt::tools::run_tokenize(o, "test"), 0);
   const auto m = llt::read_manifest(dir / "out");
   EXPECT_EQ(m.start, 10);
   EXPECT_EQ(m.end, 30);
@@ -379,7 +381,7 @@ TEST(LltTokenize, SplitsGoToTheirOwnDirectories) {
   const auto dir = fresh_dir("splits");
   auto o = options(dir / "out");
   o.splits = {"train=0:200", "eval=200:260"};
-  ASSERT_EQ(llt::run_tokenize(o, "test"), 0);
+  ASSERT_EQ(llt::tools::run_tokenize(o, "test"), 0);
   const auto train = llt::read_manifest(dir / "out/train");
   const auto eval = llt::read_manifest(dir / "out/eval");
   EXPECT_EQ(train.split, "train");
@@ -396,22 +398,22 @@ TEST(LltTokenize, BadSelectionsAreRefused) {
   auto o = options(dir / "out");
   o.skip = 4990;
   o.first = 20;
-  expect_input_error([&] { llt::run_tokenize(o, ""); }, {"[4990, 5010)", "5000 records"});
+  expect_input_error([&] { llt::tools::run_tokenize(o, ""); }, {"[4990, 5010)", "5000 records"});
   o = options(dir / "out");
   o.splits = {"train=0:200"};
   o.first = 10;
-  expect_input_error([&] { llt::run_tokenize(o, ""); }, {"--split", "--skip/--first"});
+  expect_input_error([&] { llt::tools::run_tokenize(o, ""); }, {"--split", "--skip/--first"});
   o = options(dir / "out");
   o.splits = {"a=0:10", "a=10:20"};
-  expect_input_error([&] { llt::run_tokenize(o, ""); }, {"'a' is used twice"});
+  expect_input_error([&] { llt::tools::run_tokenize(o, ""); }, {"'a' is used twice"});
   o = options(dir / "out");
   o.splits = {"train=4000:6000"};
-  expect_input_error([&] { llt::run_tokenize(o, ""); }, {"[4000, 6000)"});
+  expect_input_error([&] { llt::tools::run_tokenize(o, ""); }, {"[4000, 6000)"});
   for (const std::string spec :
        {"train", "train=5", "=0:5", "a/b=0:5", "..=0:5", "t=5:5", "t=-1:5", "t=0:x", "t=0:5:6"}) {
-    expect_input_error([&] { llt::parse_split(spec); }, {"--split '" + spec + "'"});
+    expect_input_error([&] { llt::tools::parse_split(spec); }, {"--split '" + spec + "'"});
   }
-  const auto ok = llt::parse_split("eval-1.b=200:400");
+  const auto ok = llt::tools::parse_split("eval-1.b=200:400");
   EXPECT_EQ(ok.name, "eval-1.b");
   EXPECT_EQ(ok.start, 200);
   EXPECT_EQ(ok.end, 400);
@@ -422,7 +424,7 @@ TEST(LltTokenize, BadRecordsOutsideTheSelectionDoNotMatter) {
   const auto dir = fresh_dir("outside");
   auto o = options(dir / "out");
   o.first = 200;  // record 284 (empty output) is not selected
-  EXPECT_EQ(llt::run_tokenize(o, "test"), 0);
+  EXPECT_EQ(llt::tools::run_tokenize(o, "test"), 0);
 }
 
 // ----- bad input
@@ -479,7 +481,7 @@ TEST(LltTokenize, BadInputFailsWithRecordAndFieldAndWritesNothing) {
     o.input = input.string();
     auto needles = c.needles;
     needles.push_back(input.string());
-    expect_input_error([&] { llt::run_tokenize(o, ""); }, needles);
+    expect_input_error([&] { llt::tools::run_tokenize(o, ""); }, needles);
     EXPECT_FALSE(fs::exists(o.output));
   }
 }
@@ -500,7 +502,7 @@ TEST(LltTokenize, SkippedRecordsAreCountedAndListed) {
   auto o = options(dir / "out");
   o.input = input.string();
   o.on_bad_record = "skip";
-  ASSERT_EQ(llt::run_tokenize(o, "test"), 0);
+  ASSERT_EQ(llt::tools::run_tokenize(o, "test"), 0);
   const auto m = llt::read_manifest(dir / "out");
   EXPECT_EQ(m.input_format, "jsonl");
   EXPECT_EQ(m.records, 6);
@@ -523,7 +525,7 @@ TEST(LltTokenize, AllSamplesDroppedIsAnError) {
   auto o = options(dir / "out");
   o.first = 10;
   o.max_len = 20;  // every Alpaca prompt is longer: no label token left
-  expect_input_error([&] { llt::run_tokenize(o, ""); }, {"no sample with a label token"});
+  expect_input_error([&] { llt::tools::run_tokenize(o, ""); }, {"no sample with a label token"});
   EXPECT_FALSE(fs::exists(dir / "out"));
 }
 
@@ -534,14 +536,14 @@ TEST(LltTokenize, ExistingOutputIsRefusedUnlessOverwrite) {
   auto o = options(dir / "out");
   o.first = 280;
   o.samples_per_shard = 100;
-  ASSERT_EQ(llt::run_tokenize(o, "first"), 0);
+  ASSERT_EQ(llt::tools::run_tokenize(o, "first"), 0);
   std::ofstream(dir / "out" / "notes.txt") << "mine\n";
   const std::string before = llt::read_file(dir / "out" / "manifest.json");
   o.first = 50;
-  expect_input_error([&] { llt::run_tokenize(o, "second"); }, {"already exists", "--overwrite"});
+  expect_input_error([&] { llt::tools::run_tokenize(o, "second"); }, {"already exists", "--overwrite"});
   EXPECT_EQ(llt::read_file(dir / "out" / "manifest.json"), before);
   o.overwrite = true;
-  ASSERT_EQ(llt::run_tokenize(o, "second"), 0);
+  ASSERT_EQ(llt::tools::run_tokenize(o, "second"), 0);
   const auto m = llt::read_manifest(dir / "out");
   EXPECT_EQ(m.samples, 50);
   EXPECT_EQ(m.command_line, "second");
@@ -554,7 +556,7 @@ TEST(LltTokenize, ExistingOutputIsRefusedUnlessOverwrite) {
   fs::create_directories(dir / "empty");
   auto e = options(dir / "empty");
   e.first = 5;
-  EXPECT_EQ(llt::run_tokenize(e, "empty"), 0);
+  EXPECT_EQ(llt::tools::run_tokenize(e, "empty"), 0);
 }
 
 // ----- the binary

@@ -1,8 +1,8 @@
 // llt-finetune: LoRA or full fine-tuning on llt-tokenize shards.
-#include "llt/cli.h"
-#include "llt/train.h"
+#include "llt/tools/cli.h"
+#include "llt/tools/finetune.h"
 
 int main(int argc, char** argv) {
-  return llt::cli::tool_main(
-      "llt-finetune", [&] { return llt::run_finetune(llt::cli::parse_finetune(argc, argv)); });
+  return llt::tools::tool_main(
+      "llt-finetune", [&] { return llt::tools::run_finetune(llt::tools::parse_finetune(argc, argv)); });
 }

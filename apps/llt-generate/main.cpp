@@ -1,8 +1,8 @@
 // llt-generate: completions from a LLaMA checkpoint, with or without the KV cache.
-#include "llt/cli.h"
-#include "llt/generate_tool.h"
+#include "llt/tools/cli.h"
+#include "llt/tools/generate.h"
 
 int main(int argc, char** argv) {
-  return llt::cli::tool_main(
-      "llt-generate", [&] { return llt::run_generate(llt::cli::parse_generate(argc, argv)); });
+  return llt::tools::tool_main(
+      "llt-generate", [&] { return llt::tools::run_generate(llt::tools::parse_generate(argc, argv)); });
 }

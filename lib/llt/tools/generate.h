@@ -4,9 +4,9 @@
 #include <string>
 #include <vector>
 
-#include "llt/options.h"
+#include "llt/tools/options.h"
 
-namespace llt {
+namespace llt::tools {
 
 // A prompt as the user gave it, before any template.
 struct PromptRecord {
@@ -28,4 +28,4 @@ std::string apply_template(const PromptRecord& record, const std::string& templa
 // Runs llt-generate end to end; returns the process exit code. Throws llt::Error on bad input.
 int run_generate(const GenerateToolOptions& options);
 
-}  // namespace llt
+}  // namespace llt::tools

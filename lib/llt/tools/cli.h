@@ -5,9 +5,9 @@
 #include <functional>
 #include <string>
 
-#include "llt/options.h"
+#include "llt/tools/options.h"
 
-namespace llt::cli {
+namespace llt::tools {
 
 // Thrown when parsing ends the program: `--help` (code 0, help printed) or a usage error
 // (code 1, a one-line error printed to stderr).
@@ -39,4 +39,4 @@ std::string command_line(int argc, char** argv);
 // "<tool>: <message>").
 int tool_main(const char* tool, const std::function<int()>& body);
 
-}  // namespace llt::cli
+}  // namespace llt::tools

@@ -1,4 +1,4 @@
-#include "llt/train.h"
+#include "llt/tools/finetune.h"
 
 #include <algorithm>
 #include <atomic>
@@ -35,7 +35,7 @@
 #include "llt/optim.h"
 #include "llt/memory.h"
 
-namespace llt {
+namespace llt::tools {
 namespace fs = std::filesystem;
 
 namespace {
@@ -489,9 +489,9 @@ ParallelStep data_parallel_step(ProcessGroup& group, BatchSampler& sampler, Run&
 }
 
 }  // namespace
-}  // namespace llt
+}  // namespace llt::tools
 
-namespace llt {
+namespace llt::tools {
 namespace {
 
 // memory.jsonl samples with the run's peaks kept across the per-step resets.
@@ -1015,4 +1015,4 @@ int run_finetune(const FinetuneToolOptions& o) {
   return code;
 }
 
-}  // namespace llt
+}  // namespace llt::tools

@@ -1,4 +1,4 @@
-#include "llt/perplexity_tool.h"
+#include "llt/tools/perplexity.h"
 
 #include <filesystem>
 #include <iomanip>
@@ -14,11 +14,11 @@
 #include "llt/io.h"
 #include "llt/perplexity.h"
 #include "llt/runtime.h"
-#include "llt/setup.h"
+#include "llt/tools/setup.h"
 #include "llt/tokenizer.h"
 #include "llt/version.h"
 
-namespace llt {
+namespace llt::tools {
 namespace fs = std::filesystem;
 
 namespace {
@@ -202,4 +202,4 @@ int run_perplexity(const PerplexityToolOptions& o) {
   return 0;
 }
 
-}  // namespace llt
+}  // namespace llt::tools

@@ -1,4 +1,4 @@
-#include "llt/generate_tool.h"
+#include "llt/tools/generate.h"
 
 #include <iostream>
 #include <optional>
@@ -11,9 +11,9 @@
 #include "llt/generate.h"
 #include "llt/io.h"
 #include "llt/runtime.h"
-#include "llt/setup.h"
+#include "llt/tools/setup.h"
 
-namespace llt {
+namespace llt::tools {
 namespace {
 
 // Parses one JSONL line into a record; returns false if the line is not a JSON object.
@@ -180,4 +180,4 @@ int run_generate(const GenerateToolOptions& options) {
   return 0;
 }
 
-}  // namespace llt
+}  // namespace llt::tools

@@ -7,10 +7,10 @@
 #include <vector>
 
 #include "llt/alpaca.h"
-#include "llt/options.h"
+#include "llt/tools/options.h"
 #include "llt/tokenizer.h"
 
-namespace llt {
+namespace llt::tools {
 
 // A contiguous range of source records written to its own directory.
 struct SplitSpec {
@@ -40,4 +40,4 @@ std::vector<AlpacaSample> tokenize_records(const std::vector<AlpacaRecord>& reco
 // on I/O failures.
 int run_tokenize(const TokenizeToolOptions& options, const std::string& command_line);
 
-}  // namespace llt
+}  // namespace llt::tools

@@ -1,4 +1,4 @@
-#include "llt/cli.h"
+#include "llt/tools/cli.h"
 
 #include <exception>
 #include <iomanip>
@@ -11,7 +11,7 @@
 #include "llt/errors.h"
 #include "llt/runtime.h"
 
-namespace llt::cli {
+namespace llt::tools {
 namespace {
 
 void add_config_option(CLI::App& app) {
@@ -370,4 +370,4 @@ std::string command_line(int argc, char** argv) {
   return line;
 }
 
-}  // namespace llt::cli
+}  // namespace llt::tools

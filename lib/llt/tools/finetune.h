@@ -8,9 +8,9 @@
 
 #include <ATen/core/Tensor.h>
 
-#include "llt/options.h"
+#include "llt/tools/options.h"
 
-namespace llt {
+namespace llt::tools {
 
 // Runs llt-finetune end to end and returns the exit code (0, 3 oom, 4 nan, 75 preempted).
 // Throws llt::Error on bad input before training starts.
@@ -21,4 +21,4 @@ int run_finetune(const FinetuneToolOptions& options);
 // 75 before it starts, writing no checkpoint. run_finetune clears the request when it returns.
 void request_stop();
 
-}  // namespace llt
+}  // namespace llt::tools

@@ -1,4 +1,4 @@
-#include "llt/setup.h"
+#include "llt/tools/setup.h"
 
 #include <chrono>
 #include <string>
@@ -7,7 +7,7 @@
 #include "llt/lora.h"
 #include "llt/runtime.h"
 
-namespace llt {
+namespace llt::tools {
 
 std::filesystem::path find_tokenizer(const ModelOptions& options) {
   if (!options.tokenizer.empty()) return options.tokenizer;
@@ -51,4 +51,4 @@ ModelSetup setup_model(const ModelOptions& options) {
   return setup;
 }
 
-}  // namespace llt
+}  // namespace llt::tools

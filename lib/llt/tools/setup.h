@@ -5,10 +5,10 @@
 #include <filesystem>
 
 #include "llt/checkpoint.h"
-#include "llt/options.h"
+#include "llt/tools/options.h"
 #include "llt/tokenizer.h"
 
-namespace llt {
+namespace llt::tools {
 
 // A model ready for inference: on its device, in its compute dtype, adapter applied, eval mode.
 struct InferenceModel {
@@ -35,4 +35,4 @@ InferenceModel load_inference_model(const ModelOptions& options);
 // model's. Throws InputError.
 ModelSetup setup_model(const ModelOptions& options);
 
-}  // namespace llt
+}  // namespace llt::tools

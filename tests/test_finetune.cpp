@@ -17,9 +17,11 @@
 #include "llt/dataset.h"
 #include "llt/errors.h"
 #include "llt/io.h"
-#include "llt/options.h"
-#include "llt/tokenize_tool.h"
-#include "llt/train.h"
+#include "llt/tools/options.h"
+#include "llt/tools/tokenize.h"
+#include "llt/tools/finetune.h"
+
+using namespace llt::tools;  // the tool layer under test
 
 namespace llt {
 namespace {

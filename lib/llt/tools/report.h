@@ -11,9 +11,9 @@
 #include <string>
 #include <vector>
 
-namespace llt {
+namespace llt::tools {
 
-struct ReportToolOptions;  // llt/options.h
+struct ReportToolOptions;  // llt/tools/options.h
 
 // Bytes per kind, as summary.json's memory_breakdown measured them.
 struct MemoryBytes {
@@ -125,4 +125,4 @@ std::map<std::string, std::string> plot_files(const std::vector<RunRecord>& runs
 // --overwrite) or a missing gnuplot (without --no-plots).
 int run_report(const ReportToolOptions& options);
 
-}  // namespace llt
+}  // namespace llt::tools

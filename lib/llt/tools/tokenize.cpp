@@ -1,4 +1,4 @@
-#include "llt/tokenize_tool.h"
+#include "llt/tools/tokenize.h"
 
 #include <algorithm>
 #include <atomic>
@@ -17,7 +17,7 @@
 #include "llt/sha256.h"
 #include "llt/shards.h"
 
-namespace llt {
+namespace llt::tools {
 namespace fs = std::filesystem;
 
 namespace {
@@ -384,4 +384,4 @@ int run_tokenize(const TokenizeToolOptions& o, const std::string& command_line) 
   return 0;
 }
 
-}  // namespace llt
+}  // namespace llt::tools

@@ -1,4 +1,4 @@
-#include "llt/report.h"
+#include "llt/tools/report.h"
 
 #include <algorithm>
 #include <array>
@@ -18,9 +18,9 @@
 
 #include "llt/errors.h"
 #include "llt/io.h"
-#include "llt/options.h"  // ReportToolOptions: std only
+#include "llt/tools/options.h"  // ReportToolOptions: std only
 
-namespace llt {
+namespace llt::tools {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
@@ -1156,4 +1156,4 @@ int run_report(const ReportToolOptions& options) {
   return 0;
 }
 
-}  // namespace llt
+}  // namespace llt::tools

@@ -1,0 +1,115 @@
+// The tools' option structs: one per tool, composed of the library's option structs
+// (llt/options.h) and the tool's own fields. One spelling per concept: the field `n_layers` is the
+// flag `--n-layers`, the TOML key `n-layers` and the JSON key `n_layers`. Only cli.cpp knows CLI11.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "llt/options.h"
+
+namespace llt::tools {
+
+// Which model to run, where and how.
+struct ModelOptions {
+  std::string model;            // --model: checkpoint file or directory (format from content)
+  std::string tokenizer;        // --tokenizer: SentencePiece .model; default: tokenizer.model beside the model
+  std::string device = "auto";  // --device: auto | cpu | cuda[:N]
+  std::string dtype = "fp32";   // --dtype: compute dtype fp32 | bf16 | fp16 (fp16 needs CUDA)
+  int threads = 0;              // --threads: 0 = SLURM_CPUS_PER_TASK, else all cores
+  int64_t n_layers = 0;         // --n-layers: keep only the first N blocks (1 = the P100 debug model)
+  std::string adapter;          // --adapter: a LoRA adapter folder (llt-finetune's RUN/adapter)
+};
+
+// llt-generate.
+struct GenerateToolOptions {
+  ModelOptions model;
+  SamplingOptions sampling;
+  std::vector<std::string> prompts;  // --prompt (repeatable)
+  std::string prompts_file;          // --prompts-file: text, one prompt a line, or JSONL records
+  std::string template_name = "none";  // --template: none | alpaca
+  std::string kv_cache = "on";       // --kv-cache: on | off
+  bool bos = true;                   // --bos: prepend BOS to each prompt (as Meta and llama2.c do)
+  int64_t batch_size = 8;            // --batch-size: prompts decoded together
+  std::string output;                // --output: JSONL file, one record per prompt
+  bool overwrite = false;            // --overwrite: replace an existing --output file
+};
+
+// llt-perplexity (lib/llt/tools/perplexity): mean NLL and perplexity of a model over a dataset's
+// samples or a text file's sliding windows.
+struct PerplexityToolOptions {
+  ModelOptions model;          // --model, --tokenizer (needed for --text), --adapter, --dtype ...
+  std::string data;            // --data: an llt-tokenize directory (with manifest.json)
+  std::string text;            // --text: a UTF-8 text file, tokenized whole with BOS at the start
+  std::string tokens = "labels";  // --tokens (--data): labels (response only) | all
+  int64_t window = 0;          // --window (--text): tokens per forward; 0 = the model's max_seq_len
+  int64_t stride = 0;          // --stride (--text): tokens between window starts; 0 = --window
+  int64_t batch_size = 1;      // --batch-size: samples (or windows) per forward
+  std::string per_sample;      // --per-sample: JSONL file, one record per sample or window
+  std::string output;          // --output: folder for perplexity.json (usually a run folder)
+  bool overwrite = false;      // --overwrite: replace perplexity.json and --per-sample
+  std::string command_line;    // as typed
+};
+
+// llt-report (lib/llt/tools/report): run folders -> the seed's Table 1 and Table 2, plots, and a
+// before/after sheet of completions and perplexity.
+struct ReportToolOptions {
+  std::vector<std::string> runs;    // RUN_DIR...: llt-finetune run folders, or folders holding
+                                    //   only generations.jsonl / perplexity.json (an evaluation)
+  std::string output;               // --output: report folder (created; DIR/plots/ for plots)
+  bool overwrite = false;           // --overwrite: replace report files already in --output
+  bool no_plots = false;            // --no-plots: tables and sheet only (gnuplot not needed)
+  std::string gnuplot = "gnuplot";  // --gnuplot: the gnuplot program, a name on PATH or a path
+};
+
+// llt-tokenize (lib/llt/tools/tokenize): Alpaca JSON/JSONL -> HDF5 shards (DESIGN.md "Shards").
+struct TokenizeToolOptions {
+  std::string input;      // --input: Alpaca JSON or JSONL; default: the shipped first 5,000 samples
+  std::string tokenizer;  // --tokenizer: SentencePiece .model (required)
+  std::string output;     // --output: dataset directory (DIR/NAME/ per --split)
+  int64_t max_len = 512;  // --max-len: tokens per sample at most (Alpaca's model_max_length)
+  int64_t skip = 0;       // --skip: records to skip first (--first N then takes [skip, skip+N))
+  int64_t first = 0;      // --first: records to take after --skip; 0 = all the rest
+  std::vector<std::string> splits;  // --split NAME=START:END (repeatable): records -> DIR/NAME
+  int64_t samples_per_shard = 10000;     // --samples-per-shard: samples per HDF5 file, at most
+  std::string on_bad_record = "fail";    // --on-bad-record: fail (exit 1, nothing written) | skip
+  bool overwrite = false;  // --overwrite: replace an existing dataset in --output
+  int threads = 0;         // --threads: 0 = SLURM_CPUS_PER_TASK, else all cores
+};
+
+// The training loop's own options (flags in parentheses).
+struct TrainOptions {
+  int64_t batch_size = 1;     // --batch-size: samples per micro-batch (the brief's 1)
+  int64_t grad_accum = 8;     // --grad-accum: micro-batches per optimizer step (the brief's 8)
+  int64_t epochs = 1;         // --epochs: passes over the data; sets the schedule's length
+  int64_t max_steps = 0;      // --max-steps: stop after this many optimizer steps; 0 = no limit
+  std::string shuffle = "on";  // --shuffle: on | off (a seeded permutation per epoch)
+  uint64_t seed = 0;          // --seed: data order, LoRA init and dropout
+  std::string precision = "fp32";  // --precision: fp32 | bf16 | fp16 (autocast compute dtype)
+  std::string base_dtype;     // --base-dtype: frozen base weights fp32 | bf16 | fp16; "" = --dtype
+  std::string loss_normalization = "tokens";  // --loss-normalization: tokens | micro-batch
+  std::string resume = "never";  // --resume: auto | never | PATH (a checkpoints/step-N folder)
+  int64_t save_every = 0;     // --save-every: checkpoint every N steps (and always at the end)
+  int64_t log_every = 1;      // --log-every: progress line every N steps
+  // --memory-cap-gib: the most tensor memory the run may hold, in GiB (0 = no cap), to emulate a
+  // smaller device: on CUDA it caps the caching allocator (which excludes the CUDA context), on
+  // the CPU the counted host bytes. Over it, the run ends with status oom (exit 3).
+  double memory_cap_gib = 0;
+  double memory_cap_gb = 0;  // --memory-cap-gb: deprecated (x 1e9 bytes); converted to GiB
+};
+
+struct FinetuneToolOptions {
+  ModelOptions model;         // --model, --device, --dtype (trainable params), --threads, --n-layers
+  LoraOptions lora;
+  OptimOptions optim;
+  RecomputeOptions recompute;
+  TrainOptions train;
+  DistributedOptions dist;    // --world-size, --rank, --dist-*
+  std::string data;           // --data: an llt-tokenize directory (with manifest.json)
+  std::string output;         // --output: the run folder (refused if it exists, but --resume auto)
+  std::string config_text;    // the resolved options as TOML (written to the run folder)
+  std::string command_line;   // as typed
+};
+
+}  // namespace llt::tools
