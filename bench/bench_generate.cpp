@@ -86,7 +86,8 @@ int main(int argc, char** argv) {
   app.add_option("--model", o.model, "Checkpoint (default: random weights of --preset)");
   app.add_option("--preset", o.preset, "Preset shape for random weights");
   app.add_option("--n-layers", o.n_layers, "Blocks of the random model");
-  app.add_option("--dtype", o.dtype, "fp32 | bf16 | fp16 (CUDA)");
+  app.add_option("--dtype", o.dtype, "fp32 | bf16 | fp16 (CUDA)")
+      ->check(CLI::IsMember(llt::names_list<llt::Dtype>()));
   app.add_option("--device", o.device, "cpu | cuda");
   app.add_option("--kv-cache", o.kv_cache, "on, off or both (repeat the flag)");
   app.add_option("--max-new-tokens", o.max_new_tokens, "Generated tokens");
@@ -100,7 +101,7 @@ int main(int argc, char** argv) {
   try {
     llt::configure_threads(o.threads);
     const auto device = llt::resolve_device(o.device);
-    const auto dtype = llt::resolve_dtype(o.dtype, device);
+    const auto dtype = llt::resolve_dtype(*llt::value_of<llt::Dtype>(o.dtype), device);
     auto model = make_model(o, device, dtype);
     if (o.profile_forward) {
       profile_forward(*model, o);

@@ -72,10 +72,9 @@ TEST(Autocast, RejectsUnsupportedDtypes) {
 TEST(Dtypes, CpuTakesBf16AndRefusesFp16) {
   const c10::Device cpu("cpu");
   EXPECT_EQ(device_without_bf16(cpu), "");
-  EXPECT_EQ(resolve_dtype("bf16", cpu), c10::kBFloat16);
-  EXPECT_EQ(resolve_dtype("fp32", cpu), c10::kFloat);
-  EXPECT_THROW(resolve_dtype("fp16", cpu), InputError);
-  EXPECT_THROW(resolve_dtype("fp8", cpu), InputError);
+  EXPECT_EQ(resolve_dtype(Dtype::kBf16, cpu), c10::kBFloat16);
+  EXPECT_EQ(resolve_dtype(Dtype::kFp32, cpu), c10::kFloat);
+  EXPECT_THROW(resolve_dtype(Dtype::kFp16, cpu), InputError);
 }
 
 // A parameter whose gradient after backward of scaler.scale(loss) is known: loss = sum(w * x),

@@ -156,8 +156,8 @@ std::vector<at::Tensor> checkpointed_gradients(TransformerImpl& model, const std
                                                uint64_t seed = 1234) {
   model.zero_grad();
   RecomputeOptions r;
-  r.grad_checkpoint = policy;
-  r.grad_checkpoint_every = 2;
+  r.policy = *value_of<RecomputePolicy>(policy);
+  r.every = 2;
   const int64_t vocab = model.tok_embeddings->weight.size(0);
   const c10::Device cuda("cuda");
   torch::manual_seed(seed);  // seeds the CUDA generators too

@@ -105,7 +105,7 @@ TEST(Finetune, AccumulationEqualsOneBigBatch) {
   small.train.batch_size = 1;
   small.train.grad_accum = 8;
   small.train.max_steps = 2;
-  small.train.shuffle = "off";
+  small.train.shuffle = false;
   small.lora.dropout = 0;
   auto big = small;
   big.output = (temp_root() / "accum_big").string();
@@ -135,7 +135,7 @@ TEST(Finetune, ResumeReproducesTheUninterruptedRunExactly) {
   part.train.max_steps = 3;
   ASSERT_EQ(run_finetune(part), 0);
   part.train.max_steps = 6;
-  part.train.resume = "auto";
+  part.train.resume = ResumeMode::kAuto;
   ASSERT_EQ(run_finetune(part), 0);
 
   const auto a = metrics(full), b = metrics(part);
@@ -166,9 +166,9 @@ TEST(Finetune, FullFineTuningTrainsEveryParameter) {
 
 TEST(Finetune, Bf16WithCheckpointingRuns) {
   auto o = base_options("bf16_ckpt");
-  o.train.precision = "bf16";
-  o.train.base_dtype = "bf16";
-  o.recompute.grad_checkpoint = "block";
+  o.train.precision = Dtype::kBf16;
+  o.train.base_dtype = Dtype::kBf16;
+  o.recompute.policy = RecomputePolicy::kBlock;
   o.train.max_steps = 3;
   ASSERT_EQ(run_finetune(o), 0);
   for (const auto& row : metrics(o)) EXPECT_TRUE(std::isfinite(row["loss"].get<double>()));
@@ -184,7 +184,7 @@ TEST(Finetune, ActivationsAreMeasuredAtTheEndOfTheForward) {
   plain.train.grad_accum = 2;  // one epoch: 12 steps, every sample's forward measured
   auto block = plain;
   block.output = (temp_root() / "activations_block").string();
-  block.recompute.grad_checkpoint = "block";
+  block.recompute.policy = RecomputePolicy::kBlock;
   ASSERT_EQ(run_finetune(plain), 0);
   ASSERT_EQ(run_finetune(block), 0);
   const auto a = summary(plain)["memory_breakdown"], b = summary(block)["memory_breakdown"];
@@ -206,7 +206,7 @@ TEST(Finetune, ActivationsAreMeasuredAtTheEndOfTheForward) {
   resumed.train.max_steps = 11;
   ASSERT_EQ(run_finetune(resumed), 0);
   resumed.train.max_steps = 12;
-  resumed.train.resume = "auto";
+  resumed.train.resume = ResumeMode::kAuto;
   ASSERT_EQ(run_finetune(resumed), 0);
   EXPECT_EQ(summary(resumed)["memory_breakdown"]["activations"], measured);
 }
@@ -225,7 +225,7 @@ TEST(Finetune, StopBeforeTrainingExits75AndLeavesTheCheckpoint) {
   const std::string saved = read_file(state);
 
   o.train.max_steps = 4;
-  o.train.resume = "auto";
+  o.train.resume = ResumeMode::kAuto;
   request_stop();
   EXPECT_EQ(run_finetune(o), 75);
   EXPECT_EQ(read_file(state), saved);
@@ -248,7 +248,7 @@ TEST(Finetune, OutOfMemoryIsRecordedNotACrash) {
 
 TEST(Finetune, BadInputIsRefusedBeforeAnythingIsWritten) {
   auto o = base_options("bad_fp16");
-  o.train.precision = "fp16";
+  o.train.precision = Dtype::kFp16;
   EXPECT_THROW(run_finetune(o), InputError);
   EXPECT_FALSE(fs::exists(o.output));
 
@@ -259,7 +259,7 @@ TEST(Finetune, BadInputIsRefusedBeforeAnythingIsWritten) {
   EXPECT_EQ(read_file(fs::path(existing.output) / "notes.txt"), "mine");
 
   auto half_base = base_options("bad_base");
-  half_base.train.base_dtype = "bf16";  // with --precision fp32
+  half_base.train.base_dtype = Dtype::kBf16;  // with --precision fp32
   EXPECT_THROW(run_finetune(half_base), InputError);
 }
 

@@ -149,7 +149,7 @@ struct StepResult {
 
 StepResult train_step(Transformer& model, const Golden& g, const std::string& policy) {
   RecomputeOptions recompute;
-  recompute.grad_checkpoint = policy;
+  recompute.policy = *value_of<RecomputePolicy>(policy);
   // The loss as llt-finetune computes it (the output projection on label rows only).
   const auto loss = model_label_loss_sum(*model, g.input_ids, g.labels, recompute) /
                     static_cast<double>(g.label_tokens);

@@ -157,7 +157,7 @@ TEST(PromptsFile, TextLinesAndJsonl) {
   ASSERT_EQ(parsed.size(), 2u);
   EXPECT_EQ(parsed[0].prompt, "hello");
   EXPECT_EQ(parsed[1].input, "1 and 2");
-  EXPECT_EQ(apply_template(parsed[1], "alpaca"), format_alpaca_prompt("Add", "1 and 2"));
+  EXPECT_EQ(apply_template(parsed[1], PromptTemplate::kAlpaca), format_alpaca_prompt("Add", "1 and 2"));
 }
 
 TEST(PromptsFile, PerRecordTemplateOverridesTheFlag) {
@@ -167,16 +167,16 @@ TEST(PromptsFile, PerRecordTemplateOverridesTheFlag) {
       "\"template\": \"alpaca\"}\n{\"instruction\": \"Sub\"}\n");
   const auto parsed = read_prompts_file(jsonl.string());
   ASSERT_EQ(parsed.size(), 3u);
-  EXPECT_EQ(apply_template(parsed[0], "alpaca"), "raw");
-  EXPECT_EQ(apply_template(parsed[1], "none"), format_alpaca_prompt("Add", ""));
-  EXPECT_EQ(apply_template(parsed[2], "none"), "Sub");  // no field: the flag decides
-  EXPECT_EQ(apply_template(parsed[2], "alpaca"), format_alpaca_prompt("Sub", ""));
+  EXPECT_EQ(apply_template(parsed[0], PromptTemplate::kAlpaca), "raw");
+  EXPECT_EQ(apply_template(parsed[1], PromptTemplate::kNone), format_alpaca_prompt("Add", ""));
+  EXPECT_EQ(apply_template(parsed[2], PromptTemplate::kNone), "Sub");  // no field: the flag decides
+  EXPECT_EQ(apply_template(parsed[2], PromptTemplate::kAlpaca), format_alpaca_prompt("Sub", ""));
   // The demo's prompts: the seed's four raw, then held-out Alpaca instructions templated.
   const auto demo =
       read_prompts_file(std::string(LLT_SOURCE_DIR) + "/assets/data/demo_prompts.jsonl");
   ASSERT_EQ(demo.size(), 7u);
-  EXPECT_EQ(apply_template(demo[0], "none"), "I believe the meaning of life is");
-  EXPECT_EQ(apply_template(demo[4], "none").rfind("Below is an instruction", 0), 0u);
+  EXPECT_EQ(apply_template(demo[0], PromptTemplate::kNone), "I believe the meaning of life is");
+  EXPECT_EQ(apply_template(demo[4], PromptTemplate::kNone).rfind("Below is an instruction", 0), 0u);
   const auto bad = temp_file("u.jsonl", "{\"prompt\": \"x\", \"template\": \"chatml\"}\n");
   EXPECT_THROW(read_prompts_file(bad.string()), InputError);
 }

@@ -130,7 +130,7 @@ TEST(Loss, ModelLossEqualsTheFullLogitsForm) {
     labels.narrow(1, 0, 9).fill_(kIgnoreIndex);      // a prompt of 9 tokens ...
     labels[1].narrow(0, 18, 6).fill_(kIgnoreIndex);  // ... and padding on the second sample
     RecomputeOptions recompute;
-    recompute.grad_checkpoint = c.policy;
+    recompute.policy = *value_of<RecomputePolicy>(c.policy);
     const std::optional<c10::ScalarType> autocast =
         c.bf16 ? std::optional<c10::ScalarType>(at::kBFloat16) : std::nullopt;
 

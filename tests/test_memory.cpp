@@ -213,14 +213,14 @@ TEST(MemoryEstimate, SevenBillionLoraAndFull) {
   ASSERT_EQ(args.num_parameters(), 6'738'415'616);
   MemoryEstimateOptions o;  // r = 16 on wq, wv: 8,388,608 trainable
   o.base_dtype = c10::kHalf;
-  o.precision = "fp16";
+  o.precision = Dtype::kFp16;
   const auto lora = estimate_training_memory(args, o);
   EXPECT_EQ(lora.parameters, 6'738'415'616LL * 2 + 8'388'608LL * 4);
   EXPECT_EQ(lora.gradients, 8'388'608LL * 4);
   EXPECT_EQ(lora.optimizer_state, 8'388'608LL * 8);
 
   o.lora.rank = 0;  // full fine-tuning: fp32 weights, gradients and two moments
-  o.precision = "fp32";
+  o.precision = Dtype::kFp32;
   const auto full = estimate_training_memory(args, o);
   EXPECT_EQ(full.parameters, 6'738'415'616LL * 4);
   EXPECT_EQ(full.gradients, 6'738'415'616LL * 4);
@@ -262,7 +262,7 @@ TEST(MemoryEstimate, CheckpointingOrdersActivations) {
   const ModelArgs args = preset_args("llama2_7b");
   MemoryEstimateOptions o;
   auto with = [&](const std::string& policy) {
-    o.recompute.grad_checkpoint = policy;
+    o.recompute.policy = *value_of<RecomputePolicy>(policy);
     return estimate_training_memory(args, o);
   };
   const auto none = with("none"), ffn = with("ffn"), every2 = with("every-k"),
@@ -273,7 +273,7 @@ TEST(MemoryEstimate, CheckpointingOrdersActivations) {
   EXPECT_GT(every2.activations, block.activations);
   EXPECT_EQ(none.recompute, 0);
   EXPECT_GT(block.recompute, 0);
-  o.precision = "fp8";
+  o.recompute.every = 0;
   EXPECT_THROW(estimate_training_memory(args, o), InputError);
 }
 
@@ -304,10 +304,10 @@ TEST_F(Memory, EstimateTracksCountedActivations) {
     } else {
       o.lora.rank = 0;
     }
-    o.precision = c.precision;
+    o.precision = *value_of<Dtype>(c.precision);
     o.batch = 2;
     o.seq_len = 64;
-    o.recompute.grad_checkpoint = c.policy;
+    o.recompute.policy = *value_of<RecomputePolicy>(c.policy);
     model->train();
     const auto tokens = at::randint(256, {2, 64}, at::TensorOptions().dtype(at::kLong));
     auto labels = tokens.clone();
@@ -358,11 +358,11 @@ TEST_F(Memory, EstimateTracksTheBackwardPeak) {
     model->init_random(1);
     MemoryEstimateOptions o;
     apply_lora(*model, o.lora);
-    o.precision = c.precision;
+    o.precision = *value_of<Dtype>(c.precision);
     o.batch = wide ? 1 : 2;
     o.seq_len = wide ? 32 : 64;
     o.loss_rows = o.batch * o.seq_len / 2;  // the second half of each sequence is labels
-    o.recompute.grad_checkpoint = c.policy;
+    o.recompute.policy = *value_of<RecomputePolicy>(c.policy);
     model->train();
     const auto tokens =
         at::randint(args.vocab_size, {o.batch, o.seq_len}, at::TensorOptions().dtype(at::kLong));

@@ -291,7 +291,7 @@ TEST(LltTokenize, AllShippedSamplesMatchTheReference) {
     SCOPED_TRACE("max_len " + std::to_string(max_len));
     const auto dir = fresh_dir("whole_" + std::to_string(max_len));
     auto o = options(dir / "out");
-    o.on_bad_record = "skip";  // the 4 records with an empty output
+    o.on_bad_record = OnBadRecord::kSkip;  // the 4 records with an empty output
     o.max_len = max_len;
     ASSERT_EQ(llt::tools::run_tokenize(o, "test"), 0);
     expect_whole_file(g, dir / "out");
@@ -303,7 +303,7 @@ TEST(LltTokenize, OutputDoesNotDependOnTheThreadCount) {
   std::vector<fs::path> outs;
   for (const int threads : {1, 3}) {
     auto o = options(dir / ("t" + std::to_string(threads)));
-    o.on_bad_record = "skip";
+    o.on_bad_record = OnBadRecord::kSkip;
     o.threads = threads;
     o.samples_per_shard = 1500;  // 4 shards
     ASSERT_EQ(llt::tools::run_tokenize(o, "threads " + std::to_string(threads)), 0);
@@ -501,7 +501,7 @@ TEST(LltTokenize, SkippedRecordsAreCountedAndListed) {
       << "\n";
   auto o = options(dir / "out");
   o.input = input.string();
-  o.on_bad_record = "skip";
+  o.on_bad_record = OnBadRecord::kSkip;
   ASSERT_EQ(llt::tools::run_tokenize(o, "test"), 0);
   const auto m = llt::read_manifest(dir / "out");
   EXPECT_EQ(m.input_format, "jsonl");

@@ -441,9 +441,6 @@ int64_t largest_trainable_parameter(const ModelArgs& args, const LoraOptions& lo
 }  // namespace
 
 MemoryBreakdown estimate_training_memory(const ModelArgs& args, const MemoryEstimateOptions& o) {
-  if (o.precision != "fp32" && o.precision != "bf16" && o.precision != "fp16") {
-    throw InputError("--precision: expected fp32, bf16 or fp16, got '" + o.precision + "'");
-  }
   if (o.batch < 1 || o.seq_len < 1) {
     throw InputError("memory estimate: batch " + std::to_string(o.batch) + " and seq_len " +
                      std::to_string(o.seq_len) + " must be >= 1");
@@ -470,19 +467,19 @@ MemoryBreakdown estimate_training_memory(const ModelArgs& args, const MemoryEsti
   s.heads_t2 = b * static_cast<double>(args.n_heads) * t * t;
   s.heads_t = b * static_cast<double>(args.n_heads) * t;
   s.scores = o.attention_saves_scores;
-  s.autocast = o.precision != "fp32";
+  s.autocast = o.precision != Dtype::kFp32;
   s.c = s.autocast ? 2 : 4;
   s.full = full;
 
   const double attention = attention_bytes(s, o.lora), ffn = ffn_bytes(s, o.lora);
   const double block_input = s.n * s.d * 4;  // what a checkpoint keeps: the fp32 residual
-  const auto policy = parse_recompute_policy(o.recompute.grad_checkpoint);
+  const auto policy = o.recompute.policy;
   // Under autocast, a linear whose weight is stored in another dtype than the compute dtype (all
   // of them in full fine-tuning: fp32 masters; the frozen base in LoRA unless --base-dtype is the
   // compute dtype) casts it each forward, and backward keeps the cast copy to compute the input's
   // gradient. Checkpointed blocks keep none (their forward runs without autograd) and remake them
   // in backward. Measured on the 7B shape: 659 MB of 661 MB activations for bf16 LoRA, fp32 base.
-  const c10::ScalarType compute = o.precision == "fp16" ? c10::kHalf : c10::kBFloat16;
+  const c10::ScalarType compute = o.precision == Dtype::kFp16 ? c10::kHalf : c10::kBFloat16;
   const bool casts = s.autocast && (full || o.base_dtype != compute);
   const double attention_w = casts ? (2 * s.d * s.d + 2 * s.d * s.kvd) * s.c : 0;
   const double ffn_w = casts ? 3 * s.d * s.f * s.c : 0;
@@ -490,7 +487,7 @@ MemoryBreakdown estimate_training_memory(const ModelArgs& args, const MemoryEsti
   for (int64_t i = 0; i < args.n_layers; ++i) {
     const bool whole =
         policy == RecomputePolicy::kBlock ||
-        (policy == RecomputePolicy::kEveryK && i % o.recompute.grad_checkpoint_every == 0);
+        (policy == RecomputePolicy::kEveryK && i % o.recompute.every == 0);
     if (whole) {
       blocks += block_input;
     } else if (policy == RecomputePolicy::kFfn) {
@@ -530,7 +527,7 @@ MemoryBreakdown estimate_training_memory(const ModelArgs& args, const MemoryEsti
     // spares what its gradient-free input spares (above).
     const bool only_first =
         args.n_layers <=
-        (policy == RecomputePolicy::kBlock ? 1 : o.recompute.grad_checkpoint_every);
+        (policy == RecomputePolicy::kBlock ? 1 : o.recompute.every);
     if (!full && only_first) m.recompute -= static_cast<int64_t>(first_block_spared);
   } else if (policy == RecomputePolicy::kFfn) {
     m.recompute = static_cast<int64_t>(ffn + ffn_w);

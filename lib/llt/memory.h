@@ -117,7 +117,7 @@ struct MemoryBreakdown {
 
 struct MemoryEstimateOptions {
   LoraOptions lora;                          // lora.rank 0 = full fine-tuning
-  std::string precision = "fp32";            // fp32 | bf16 | fp16 (autocast compute dtype)
+  Dtype precision = Dtype::kFp32;            // fp32 | bf16 | fp16 (autocast compute dtype)
   c10::ScalarType base_dtype = c10::kFloat;  // storage of frozen base weights (LoRA)
   int64_t batch = 1;                         // sequences per micro-batch
   int64_t seq_len = 512;                     // tokens per sequence
@@ -135,7 +135,7 @@ struct MemoryEstimateOptions {
 // inputs and output, LoRA's first block without what its gradient-free input spares, the
 // scored rows' log-probs): 0.96-1.00x the counted bytes on the configurations
 // tests/test_memory.cpp runs (fp32 exact to a few kB without checkpointing).
-// Throws InputError on unknown precision/policy or non-positive batch/seq_len.
+// Throws InputError on non-positive batch/seq_len or --grad-checkpoint-every.
 MemoryBreakdown estimate_training_memory(const ModelArgs& args,
                                          const MemoryEstimateOptions& options);
 

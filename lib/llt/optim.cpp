@@ -35,9 +35,6 @@ void validate_optim_options(const OptimOptions& o) {
     throw InputError(flag + ": " + why);
   };
   if (!(o.lr > 0) || !std::isfinite(o.lr)) fail("--lr", "must be > 0, got " + std::to_string(o.lr));
-  if (o.lr_schedule != "constant" && o.lr_schedule != "cosine" && o.lr_schedule != "linear") {
-    fail("--lr-schedule", "expected constant, cosine or linear, got '" + o.lr_schedule + "'");
-  }
   if (o.warmup_steps < 0) {
     fail("--warmup-steps", "must be >= 0, got " + std::to_string(o.warmup_steps));
   }
@@ -62,12 +59,12 @@ double scheduled_lr(const OptimOptions& o, int64_t step, int64_t total_steps) {
   }
   const int64_t w = o.warmup_steps;
   if (step <= w) return o.lr * static_cast<double>(step) / static_cast<double>(w);
-  if (o.lr_schedule == "constant") return o.lr;
+  if (o.lr_schedule == LrSchedule::kConstant) return o.lr;
   // step > w here, so step <= total_steps implies total_steps - w >= 1.
   const double progress =
       step > total_steps ? 1.0
                          : static_cast<double>(step - w - 1) / static_cast<double>(total_steps - w);
-  if (o.lr_schedule == "cosine") return o.lr * 0.5 * (1.0 + std::cos(kPi * progress));
+  if (o.lr_schedule == LrSchedule::kCosine) return o.lr * 0.5 * (1.0 + std::cos(kPi * progress));
   return o.lr * (1.0 - progress);  // linear
 }
 

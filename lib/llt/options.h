@@ -7,7 +7,55 @@
 #include <string>
 #include <vector>
 
+#include "llt/names.h"
+
 namespace llt {
+
+// A floating-point storage or compute type: --dtype, --base-dtype, --precision.
+enum class Dtype { kFp32, kBf16, kFp16 };
+inline const NameTable<Dtype>& names(Dtype) {
+  static const NameTable<Dtype> table{
+      {"fp32", Dtype::kFp32}, {"bf16", Dtype::kBf16}, {"fp16", Dtype::kFp16}};
+  return table;
+}
+
+// The learning rate over the steps after warmup (lib/llt/optim).
+enum class LrSchedule { kConstant, kCosine, kLinear };
+inline const NameTable<LrSchedule>& names(LrSchedule) {
+  static const NameTable<LrSchedule> table{{"constant", LrSchedule::kConstant},
+                                           {"cosine", LrSchedule::kCosine},
+                                           {"linear", LrSchedule::kLinear}};
+  return table;
+}
+
+// Which activations are recomputed in backward instead of kept (lib/llt/recompute): none; every
+// block's; blocks 0, K, 2K...; the feed-forward half of every block.
+enum class RecomputePolicy { kNone, kBlock, kEveryK, kFfn };
+inline const NameTable<RecomputePolicy>& names(RecomputePolicy) {
+  static const NameTable<RecomputePolicy> table{{"none", RecomputePolicy::kNone},
+                                                {"block", RecomputePolicy::kBlock},
+                                                {"every-k", RecomputePolicy::kEveryK},
+                                                {"ffn", RecomputePolicy::kFfn}};
+  return table;
+}
+
+// What a micro-batch's loss is divided by: the window's label tokens (every label token weighs
+// the same), or the micro-batch's own label tokens times the window's micro-batches (the seed's
+// mean per micro-batch, averaged).
+enum class LossNormalization { kTokens, kMicroBatch };
+inline const NameTable<LossNormalization>& names(LossNormalization) {
+  static const NameTable<LossNormalization> table{{"tokens", LossNormalization::kTokens},
+                                                  {"micro-batch", LossNormalization::kMicroBatch}};
+  return table;
+}
+
+// The positions a perplexity scores: the response (label) tokens, or every token after the first.
+enum class ScoredTokens { kLabels, kAll };
+inline const NameTable<ScoredTokens>& names(ScoredTokens) {
+  static const NameTable<ScoredTokens> table{{"labels", ScoredTokens::kLabels},
+                                             {"all", ScoredTokens::kAll}};
+  return table;
+}
 
 // How the next token is chosen.
 struct SamplingOptions {
@@ -29,7 +77,7 @@ struct LoraOptions {
 // AdamW and its learning-rate schedule (lib/llt/optim).
 struct OptimOptions {
   double lr = 1e-5;                      // --lr: peak learning rate (the brief's 1e-5)
-  std::string lr_schedule = "constant";  // --lr-schedule: constant | cosine | linear
+  LrSchedule lr_schedule = LrSchedule::kConstant;  // --lr-schedule: constant | cosine | linear
   int64_t warmup_steps = 0;              // --warmup-steps: linear ramp up to lr over these steps
   double weight_decay = 0;               // --weight-decay: decoupled (AdamW); never on 1-D params
   double grad_clip = 0;                  // --grad-clip: max global L2 norm of gradients; 0 = off
@@ -38,10 +86,10 @@ struct OptimOptions {
   double eps = 1e-8;
 };
 
-// Activation checkpointing (lib/llt/recompute).
+// Activation recomputation, the field's "gradient checkpointing" (lib/llt/recompute).
 struct RecomputeOptions {
-  std::string grad_checkpoint = "none";  // --grad-checkpoint: none | block | every-k | ffn
-  int64_t grad_checkpoint_every = 2;     // --grad-checkpoint-every: every-k checkpoints 0, K, 2K..
+  RecomputePolicy policy = RecomputePolicy::kNone;  // --grad-checkpoint: none | block | every-k | ffn
+  int64_t every = 2;  // --grad-checkpoint-every: every-k recomputes blocks 0, K, 2K...
 };
 
 // Data parallelism (lib/llt/distributed; its header says which environment variables fill what
@@ -54,7 +102,7 @@ struct DistributedOptions {
                            //   0 = MASTER_PORT, else 16384 + SLURM_JOB_ID % 16384, else 29500
   double timeout = 600;    // --dist-timeout: seconds to wait for the others (rendezvous or a
                            //   collective) before failing; NCCL's own default, 10 minutes
-  double bucket_mb = 25;   // --dist-bucket-mb: MiB per gradient all-reduce (PyTorch DDP's 25)
+  double bucket_mib = 25;  // --dist-bucket-mib: MiB per gradient all-reduce (PyTorch DDP's 25)
 };
 
 }  // namespace llt

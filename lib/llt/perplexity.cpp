@@ -81,22 +81,19 @@ double PerplexityResult::perplexity() const {
   return std::exp(mean_nll());
 }
 
-std::vector<ScoredSequence> dataset_sequences(const Dataset& dataset, const std::string& tokens) {
-  if (tokens != "labels" && tokens != "all") {
-    throw InputError("--tokens " + tokens + ": expected labels or all");
-  }
+std::vector<ScoredSequence> dataset_sequences(const Dataset& dataset, ScoredTokens tokens) {
   std::vector<ScoredSequence> out(dataset.size());
   for (int64_t i = 0; i < dataset.size(); ++i) {
     const SampleView v = dataset.sample(i);
     auto& s = out[i];
     s.ids.assign(v.ids, v.ids + v.length);
     // Labels are -100 on the first source_length tokens (BOS and the prompt), as in training.
-    s.first_target = tokens == "labels" ? v.source_length : 1;
+    s.first_target = tokens == ScoredTokens::kLabels ? v.source_length : 1;
     s.index = v.source_index;
     if (s.first_target < 1 || s.first_target >= v.length) {
       throw InputError(dataset.dir().string() + ": sample " + std::to_string(i) + " (record " +
                        std::to_string(v.source_index) + ") has no token to score (--tokens " +
-                       tokens + ")");
+                       name_of(tokens) + ")");
     }
   }
   return out;

@@ -11,6 +11,7 @@
 
 #include "llt/dataset.h"
 #include "llt/model.h"
+#include "llt/options.h"  // ScoredTokens
 
 namespace llt {
 
@@ -42,10 +43,10 @@ struct PerplexityResult {
   double perplexity() const;  // exp(mean_nll())
 };
 
-// Which tokens of a dataset sample count: "labels" (the response: the labels llt-finetune trains
-// on, prompt masked) or "all" (every token after the first). Throws InputError on another name
-// or a dataset sample that leaves nothing to score.
-std::vector<ScoredSequence> dataset_sequences(const Dataset& dataset, const std::string& tokens);
+// Which tokens of a dataset sample count: labels (the response: the labels llt-finetune trains
+// on, prompt masked) or all (every token after the first). Throws InputError on a dataset sample
+// that leaves nothing to score.
+std::vector<ScoredSequence> dataset_sequences(const Dataset& dataset, ScoredTokens tokens);
 
 // Sliding windows over a tokenized text (Hugging Face's "Perplexity of fixed-length models"):
 // windows of at most `window` tokens start every `stride` tokens; each scores only the tokens no

@@ -167,33 +167,10 @@ at::Tensor block_with_checkpointed_ffn(const std::shared_ptr<TransformerBlockImp
 
 }  // namespace
 
-RecomputePolicy parse_recompute_policy(const std::string& name) {
-  if (name == "none") return RecomputePolicy::kNone;
-  if (name == "block") return RecomputePolicy::kBlock;
-  if (name == "every-k") return RecomputePolicy::kEveryK;
-  if (name == "ffn") return RecomputePolicy::kFfn;
-  throw InputError("--grad-checkpoint: expected none, block, every-k or ffn, got '" + name + "'");
-}
-
-std::string recompute_policy_name(RecomputePolicy policy) {
-  switch (policy) {
-    case RecomputePolicy::kNone:
-      return "none";
-    case RecomputePolicy::kBlock:
-      return "block";
-    case RecomputePolicy::kEveryK:
-      return "every-k";
-    case RecomputePolicy::kFfn:
-      return "ffn";
-  }
-  return "none";
-}
-
 void validate_recompute_options(const RecomputeOptions& options) {
-  parse_recompute_policy(options.grad_checkpoint);
-  if (options.grad_checkpoint_every < 1) {
+  if (options.every < 1) {
     throw InputError("--grad-checkpoint-every: must be >= 1, got " +
-                     std::to_string(options.grad_checkpoint_every));
+                     std::to_string(options.every));
   }
 }
 
@@ -217,7 +194,7 @@ at::Tensor forward_with_checkpointing(TransformerImpl& model, const at::Tensor& 
 at::Tensor hidden_with_checkpointing(TransformerImpl& model, const at::Tensor& tokens,
                                      const RecomputeOptions& options) {
   validate_recompute_options(options);
-  const RecomputePolicy policy = parse_recompute_policy(options.grad_checkpoint);
+  const RecomputePolicy policy = options.policy;
   if (policy == RecomputePolicy::kNone) return model.hidden(tokens);
   TORCH_CHECK(tokens.dim() == 2, "tokens must be (B, T), got ", tokens.sizes());
 
@@ -226,7 +203,7 @@ at::Tensor hidden_with_checkpointing(TransformerImpl& model, const at::Tensor& t
   at::Tensor h = model.tok_embeddings->forward(tokens);  // (B, T, D)
   for (size_t i = 0; i < model.layers->size(); ++i) {
     const auto block = model.layers->ptr<TransformerBlockImpl>(i);
-    const bool every_k_hit = i % static_cast<size_t>(options.grad_checkpoint_every) == 0;
+    const bool every_k_hit = i % static_cast<size_t>(options.every) == 0;
     if (policy == RecomputePolicy::kBlock || (policy == RecomputePolicy::kEveryK && every_k_hit)) {
       h = checkpointed_block(block, rope, h);
     } else if (policy == RecomputePolicy::kFfn) {

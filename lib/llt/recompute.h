@@ -21,13 +21,7 @@
 
 namespace llt {
 
-enum class RecomputePolicy { kNone, kBlock, kEveryK, kFfn };
-
-// "none" | "block" | "every-k" | "ffn". Throws InputError naming --grad-checkpoint otherwise.
-RecomputePolicy parse_recompute_policy(const std::string& name);
-std::string recompute_policy_name(RecomputePolicy policy);
-
-// Throws InputError on an unknown policy or grad_checkpoint_every < 1.
+// Throws InputError when `every` < 1.
 void validate_recompute_options(const RecomputeOptions& options);
 
 // Runs fn(x) keeping only x, and recomputes it in backward. `params` are the trainable tensors

@@ -112,33 +112,29 @@ std::string device_without_bf16(const c10::Device& device) {
   return "";
 }
 
-c10::ScalarType resolve_dtype(const std::string& name, const c10::Device& device,
-                              const std::string& flag) {
-  if (name == "fp32") return c10::kFloat;
-  if (name == "bf16") {
+c10::ScalarType scalar_type(Dtype dtype) {
+  return dtype == Dtype::kFp32 ? c10::kFloat : dtype == Dtype::kBf16 ? c10::kBFloat16 : c10::kHalf;
+}
+
+c10::ScalarType resolve_dtype(Dtype dtype, const c10::Device& device, const std::string& flag) {
+  if (dtype == Dtype::kBf16) {
     const std::string gpu = device_without_bf16(device);
     if (!gpu.empty()) {
       throw InputError(flag + " bf16: " + gpu + " has no bf16 arithmetic; use fp16 or fp32");
     }
-    return c10::kBFloat16;
   }
-  if (name == "fp16") {
-    if (device.is_cpu()) {
-      throw InputError(flag + " fp16: not supported on CPU (LibTorch CPU kernels lack half "
-                       "matmul/softmax); use bf16 or fp32");
-    }
-    return c10::kHalf;
+  if (dtype == Dtype::kFp16 && device.is_cpu()) {
+    throw InputError(flag + " fp16: not supported on CPU (LibTorch CPU kernels lack half "
+                     "matmul/softmax); use bf16 or fp32");
   }
-  throw InputError(flag + ": expected fp32, bf16 or fp16, got '" + name + "'");
+  return scalar_type(dtype);
 }
 
 std::string dtype_name(c10::ScalarType dtype) {
-  switch (dtype) {
-    case c10::kFloat: return "fp32";
-    case c10::kBFloat16: return "bf16";
-    case c10::kHalf: return "fp16";
-    default: return c10::toString(dtype);
+  for (const auto& [name, d] : names(Dtype{})) {
+    if (scalar_type(d) == dtype) return name;
   }
+  return c10::toString(dtype);
 }
 
 }  // namespace llt

@@ -8,6 +8,8 @@
 #include <c10/core/Device.h>
 #include <c10/core/ScalarType.h>
 
+#include "llt/options.h"  // Dtype
+
 namespace llt {
 
 // Called first in every tool's main(). Raises glibc's mmap and trim thresholds so freed tensor
@@ -33,9 +35,12 @@ c10::Device resolve_device(const std::string& name);
 // generators. Throws InputError for CUDA in a build without CUDA.
 at::Generator seeded_generator(const c10::Device& device, uint64_t seed);
 
-// "fp32" | "bf16" | "fp16" -> ScalarType. fp16 on a CPU device is an InputError: LibTorch's
-// CPU kernels lack half matmul/softmax (PLATFORM.md); so is bf16 on a GPU without it.
-c10::ScalarType resolve_dtype(const std::string& name, const c10::Device& device,
+// fp32 -> kFloat, bf16 -> kBFloat16, fp16 -> kHalf.
+c10::ScalarType scalar_type(Dtype dtype);
+
+// scalar_type(dtype), checked against the device: fp16 on a CPU device is an InputError
+// (LibTorch's CPU kernels lack half matmul/softmax: PLATFORM.md); so is bf16 on a GPU without it.
+c10::ScalarType resolve_dtype(Dtype dtype, const c10::Device& device,
                               const std::string& flag = "--dtype");
 
 // "" when `device` computes in bf16; else the GPU's name and compute capability (a CUDA device

@@ -14,6 +14,18 @@
 namespace llt::tools {
 namespace {
 
+// An option whose values are the names in E's table (llt/names.h), converted at parse time: the
+// flag takes exactly those names, and the resolved config writes the name, not the value.
+template <typename E>
+CLI::Option* add_choice(CLI::App& app, const std::string& flag, E& field,
+                        const std::string& help) {
+  return app
+      .add_option_function<std::string>(
+          flag, [&field](const std::string& name) { field = *value_of<E>(name); }, help)
+      ->check(CLI::IsMember(names_list<E>()))
+      ->default_str(name_of(field));
+}
+
 void add_config_option(CLI::App& app) {
   app.set_config("--config", "", "TOML file of flat keys named like the flags (lora-rank = 16)");
   // Debian's CLI11 2.1 silently ignores [sections] and unknown keys unless told otherwise.
@@ -39,9 +51,7 @@ void add_model_options(CLI::App& app, ModelOptions& o, bool with_tokenizer = tru
         ->check(CLI::ExistingFile);
   }
   app.add_option("--device", o.device, "auto | cpu | cuda[:N]")->capture_default_str();
-  app.add_option("--dtype", o.dtype, "Compute dtype")
-      ->check(CLI::IsMember({"fp32", "bf16", "fp16"}))
-      ->capture_default_str();
+  add_choice(app, "--dtype", o.dtype, "Compute dtype");
   app.add_option("--threads", o.threads, "CPU threads (0: SLURM_CPUS_PER_TASK, else all cores)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
@@ -64,6 +74,27 @@ void add_sampling_options(CLI::App& app, SamplingOptions& o) {
       ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
   app.add_option("--seed", o.seed, "Sampler seed")->capture_default_str();
+}
+
+// A deprecated flag that was given becomes the flag that replaces it (its value times `factor`),
+// with a warning; giving both is an error. Either way the deprecated flag leaves the app, so the
+// resolved config names only the new one.
+void replace_deprecated(CLI::App& app, CLI::Option* old_flag, double old_value,
+                        CLI::Option* new_flag, double& new_value, double factor) {
+  const std::string old_name = old_flag->get_name(), new_name = new_flag->get_name();
+  if (old_flag->count() > 0) {
+    if (new_flag->count() > 0) {
+      throw InputError(old_name + " and " + new_name + ": give only " + new_name);
+    }
+    new_value = old_value * factor;
+    std::cerr << app.get_name() << ": warning: " << old_name << " is deprecated; " << old_name
+              << " " << old_value << " is " << new_name << " " << new_value << "\n";
+    std::ostringstream value;
+    value << std::setprecision(17) << new_value;  // reads back as the same double
+    new_flag->clear();
+    new_flag->add_result(value.str());
+  }
+  app.remove_option(old_flag);
 }
 
 // Runs CLI11 and turns its outcome into Exit: help -> 0, any parse error -> 1 (never CLI11's
@@ -98,12 +129,8 @@ GenerateToolOptions parse_generate(int argc, char** argv) {
                  "\"instruction\"/\"input\", or a JSON object with a \"prompts\" array "
                  "(assets/data/seed_prompts.json)")
       ->check(CLI::ExistingFile);
-  app.add_option("--template", o.template_name, "Wrap prompts: none | alpaca (stanford_alpaca)")
-      ->check(CLI::IsMember({"none", "alpaca"}))
-      ->capture_default_str();
-  app.add_option("--kv-cache", o.kv_cache, "Reuse keys/values across steps")
-      ->check(CLI::IsMember({"on", "off"}))
-      ->capture_default_str();
+  add_choice(app, "--template", o.prompt_template, "Wrap prompts: none | alpaca (stanford_alpaca)");
+  add_choice(app, "--kv-cache", o.kv_cache, "Reuse keys/values across steps");
   app.add_option("--bos", o.bos, "Prepend BOS to each prompt")->capture_default_str();
   app.add_option("--batch-size", o.batch_size, "Prompts decoded together")
       ->check(CLI::PositiveNumber)
@@ -148,10 +175,8 @@ TokenizeToolOptions parse_tokenize(int argc, char** argv) {
   app.add_option("--samples-per-shard", o.samples_per_shard, "Samples per shard file, at most")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  app.add_option("--on-bad-record", o.on_bad_record,
-                 "fail: exit 1 naming the record; skip: drop it and list it in the manifest")
-      ->check(CLI::IsMember({"fail", "skip"}))
-      ->capture_default_str();
+  add_choice(app, "--on-bad-record", o.on_bad_record,
+             "fail: exit 1 naming the record; skip: drop it and list it in the manifest");
   app.add_flag("--overwrite", o.overwrite, "Replace the dataset in an existing --output");
   app.add_option("--threads", o.threads,
                  "Tokenizer threads (0: SLURM_CPUS_PER_TASK, else all cores)")
@@ -182,18 +207,28 @@ FinetuneToolOptions parse_finetune(int argc, char** argv) {
       ->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--max-steps", t.max_steps, "Stop after N optimizer steps (0: all)")
       ->check(CLI::NonNegativeNumber)->capture_default_str();
-  app.add_option("--shuffle", t.shuffle, "on | off")
-      ->check(CLI::IsMember({"on", "off"}))->capture_default_str();
+  add_choice(app, "--shuffle", t.shuffle, "on | off");
   app.add_option("--seed", t.seed, "Data order, LoRA init, dropout")->capture_default_str();
-  app.add_option("--precision", t.precision, "Autocast compute dtype: fp32 | bf16 | fp16")
-      ->check(CLI::IsMember({"fp32", "bf16", "fp16"}))->capture_default_str();
-  app.add_option("--base-dtype", t.base_dtype, "Frozen base weights: fp32 | bf16 | fp16")
-      ->check(CLI::IsMember({"", "fp32", "bf16", "fp16"}));
-  app.add_option("--loss-normalization", t.loss_normalization,
-                 "tokens (every label token weighs the same) | micro-batch (the seed's mean)")
-      ->check(CLI::IsMember({"tokens", "micro-batch"}))->capture_default_str();
-  app.add_option("--resume", t.resume, "auto | never | PATH of a checkpoints/step-N folder")
-      ->capture_default_str();
+  add_choice(app, "--precision", t.precision, "Autocast compute dtype: fp32 | bf16 | fp16");
+  auto dtypes = names_list<Dtype>();
+  dtypes.insert(dtypes.begin(), "");  // "": as --dtype
+  app.add_option_function<std::string>(
+         "--base-dtype",
+         [&t](const std::string& name) {
+           t.base_dtype = name.empty() ? std::nullopt : value_of<Dtype>(name);
+         },
+         "Frozen base weights: fp32 | bf16 | fp16")
+      ->check(CLI::IsMember(dtypes));
+  add_choice(app, "--loss-normalization", t.loss_normalization,
+             "tokens (every label token weighs the same) | micro-batch (the seed's mean)");
+  app.add_option_function<std::string>(
+         "--resume",
+         [&t](const std::string& value) {
+           t.resume = value_of<ResumeMode>(value).value_or(ResumeMode::kPath);
+           t.resume_path = t.resume == ResumeMode::kPath ? value : "";
+         },
+         "auto | never | PATH of a checkpoints/step-N folder")
+      ->default_str(name_of(t.resume));
   app.add_option("--save-every", t.save_every, "Checkpoint every N steps (0: only at the end)")
       ->check(CLI::NonNegativeNumber)->capture_default_str();
   app.add_option("--log-every", t.log_every, "Progress line every N steps")
@@ -202,8 +237,9 @@ FinetuneToolOptions parse_finetune(int argc, char** argv) {
                  "Tensor memory cap in GiB, to emulate a smaller device (CUDA: the caching "
                  "allocator, context excluded; CPU: counted host bytes; 0: none)")
       ->check(CLI::NonNegativeNumber)->capture_default_str();
+  double memory_cap_gb = 0;  // the deprecated decimal name (x 1e9 bytes)
   CLI::Option* cap_gb =
-      app.add_option("--memory-cap-gb", t.memory_cap_gb, "Deprecated: --memory-cap-gib (x 1e9 bytes)")
+      app.add_option("--memory-cap-gb", memory_cap_gb, "Deprecated: --memory-cap-gib (x 1e9 bytes)")
       ->check(CLI::NonNegativeNumber);
   auto& l = o.lora;
   app.add_option("--lora-rank", l.rank, "LoRA rank r (0: full fine-tuning)")
@@ -215,8 +251,7 @@ FinetuneToolOptions parse_finetune(int argc, char** argv) {
       ->delimiter(',')->capture_default_str();
   auto& p = o.optim;
   app.add_option("--lr", p.lr, "Peak learning rate")->capture_default_str();
-  app.add_option("--lr-schedule", p.lr_schedule, "constant | cosine | linear")
-      ->check(CLI::IsMember({"constant", "cosine", "linear"}))->capture_default_str();
+  add_choice(app, "--lr-schedule", p.lr_schedule, "constant | cosine | linear");
   app.add_option("--warmup-steps", p.warmup_steps, "Linear warmup steps")
       ->check(CLI::NonNegativeNumber)->capture_default_str();
   app.add_option("--weight-decay", p.weight_decay, "AdamW decoupled weight decay")
@@ -224,9 +259,9 @@ FinetuneToolOptions parse_finetune(int argc, char** argv) {
   app.add_option("--grad-clip", p.grad_clip, "Max global gradient L2 norm (0: off)")
       ->check(CLI::NonNegativeNumber)->capture_default_str();
   auto& r = o.recompute;
-  app.add_option("--grad-checkpoint", r.grad_checkpoint, "none | block | every-k | ffn")
-      ->check(CLI::IsMember({"none", "block", "every-k", "ffn"}))->capture_default_str();
-  app.add_option("--grad-checkpoint-every", r.grad_checkpoint_every, "K of every-k")
+  add_choice(app, "--grad-checkpoint", r.policy,
+             "Recompute activations in backward: none | block | every-k | ffn");
+  app.add_option("--grad-checkpoint-every", r.every, "K of every-k")
       ->check(CLI::PositiveNumber)->capture_default_str();
   auto& d = o.dist;  // data parallelism; unset values come from srun's or torchrun's environment
   app.add_option("--world-size", d.world_size,
@@ -243,24 +278,18 @@ FinetuneToolOptions parse_finetune(int argc, char** argv) {
       ->check(CLI::Range(0, 65535))->capture_default_str();
   app.add_option("--dist-timeout", d.timeout, "Seconds to wait for the other processes")
       ->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--dist-bucket-mb", d.bucket_mb, "MiB of gradients per all-reduce")
-      ->check(CLI::PositiveNumber)->capture_default_str();
+  CLI::Option* bucket_mib =
+      app.add_option("--dist-bucket-mib", d.bucket_mib, "MiB of gradients per all-reduce")
+          ->check(CLI::PositiveNumber)->capture_default_str();
+  double bucket_mb = 0;  // the deprecated name (its "MB" meant 2^20 bytes already)
+  CLI::Option* bucket_mb_option =
+      app.add_option("--dist-bucket-mb", bucket_mb, "Deprecated: --dist-bucket-mib")
+          ->check(CLI::PositiveNumber);
   parse_or_exit(app, argc, argv);
-  if (t.memory_cap_gb > 0) {  // the deprecated decimal name: convert, warn, write only the new one
-    if (t.memory_cap_gib > 0) {
-      throw InputError("--memory-cap-gb and --memory-cap-gib: give only --memory-cap-gib");
-    }
-    t.memory_cap_gib = t.memory_cap_gb * 1e9 / double(int64_t{1} << 30);
-    std::cerr << "llt-finetune: warning: --memory-cap-gb is deprecated; --memory-cap-gb "
-              << t.memory_cap_gb << " is --memory-cap-gib " << t.memory_cap_gib << "\n";
-    t.memory_cap_gb = 0;
-    cap_gb->clear();
-    cap_gib->clear();
-    std::ostringstream gib;
-    gib << std::setprecision(17) << t.memory_cap_gib;  // reads back as the same double
-    cap_gib->add_result(gib.str());
-  }
-  app.remove_option(cap_gb);  // the resolved config names only --memory-cap-gib
+  // The resolved config names only the new flags.
+  replace_deprecated(app, cap_gb, memory_cap_gb, cap_gib, t.memory_cap_gib,
+                     1e9 / double(int64_t{1} << 30));
+  replace_deprecated(app, bucket_mb_option, bucket_mb, bucket_mib, d.bucket_mib, 1.0);
   o.config_text = app.config_to_str(/*default_also=*/true, /*write_description=*/false);
   o.command_line = command_line(argc, argv);
   return o;
@@ -294,12 +323,10 @@ PerplexityToolOptions parse_perplexity(int argc, char** argv) {
                    ->excludes(data);
   app.add_option("--output", o.output, "Folder for perplexity.json (created if missing)")
       ->required();
-  app.add_option("--tokens", o.tokens,
-                 "With --data: labels (response tokens, as trained) | all (every token after "
-                 "the first)")
-      ->check(CLI::IsMember({"labels", "all"}))
-      ->excludes(text)
-      ->capture_default_str();
+  add_choice(app, "--tokens", o.tokens,
+             "With --data: labels (response tokens, as trained) | all (every token after the "
+             "first)")
+      ->excludes(text);
   app.add_option("--window", o.window, "With --text: tokens per window (default: max_seq_len)")
       ->check(positive)
       ->excludes(data);

@@ -250,7 +250,7 @@ struct Run {
   c10::Device device{c10::kCPU};
   c10::ScalarType param_dtype = c10::kFloat;
   c10::ScalarType base_dtype = c10::kFloat;
-  std::string precision;
+  Dtype precision = Dtype::kFp32;
   std::optional<Dataset> data;
   LoadedModel loaded;
   ParameterSplit params;
@@ -262,15 +262,15 @@ struct Run {
 // unless --resume says otherwise (nothing a user has is overwritten silently).
 fs::path resolve_resume(const FinetuneToolOptions& o) {
   const fs::path dir(o.output);
-  const std::string& resume = o.train.resume;
-  if (resume == "never") {
+  if (o.train.resume == ResumeMode::kNever) {
     if (fs::exists(dir)) {
       throw InputError(o.output + ": the run folder exists (--output); pass --resume auto to "
                        "continue it, or choose another folder");
     }
     return {};
   }
-  if (resume == "auto") return latest_checkpoint(dir / "checkpoints");
+  if (o.train.resume == ResumeMode::kAuto) return latest_checkpoint(dir / "checkpoints");
+  const std::string& resume = o.train.resume_path;
   if (!fs::exists(fs::path(resume) / "state.json")) {
     throw InputError(resume + ": not a checkpoint folder (--resume; expected state.json)");
   }
@@ -278,16 +278,16 @@ fs::path resolve_resume(const FinetuneToolOptions& o) {
 }
 
 void check_precision(const Run& r, const FinetuneToolOptions& o) {
-  if (r.precision == "bf16" && !device_without_bf16(r.device).empty()) {
+  if (r.precision == Dtype::kBf16 && !device_without_bf16(r.device).empty()) {
     throw InputError("--precision bf16: " + device_without_bf16(r.device) +
                      " has no bf16 arithmetic; use --precision fp16 (and --base-dtype fp16)");
   }
-  if (r.precision == "fp16" && r.device.is_cpu()) {
+  if (r.precision == Dtype::kFp16 && r.device.is_cpu()) {
     throw InputError("--precision fp16: not supported on CPU (LibTorch 1.13 has no CPU fp16 "
                      "autocast); use bf16 or fp32");
   }
-  if (r.base_dtype != c10::kFloat && r.precision == "fp32") {
-    throw InputError("--base-dtype " + o.train.base_dtype +
+  if (r.base_dtype != c10::kFloat && r.precision == Dtype::kFp32) {
+    throw InputError("--base-dtype " + dtype_name(r.base_dtype) +
                      ": half-precision base weights need --precision bf16 or fp16 (autocast)");
   }
   if (o.lora.rank == 0 && r.base_dtype != r.param_dtype) {
@@ -308,8 +308,8 @@ Run prepare_run(const FinetuneToolOptions& o, const DistributedConfig& dist) {
   configure_threads(o.model.threads);
   r.device = device_for_rank(resolve_device(o.model.device), dist);
   r.param_dtype = resolve_dtype(o.model.dtype, r.device);
-  r.base_dtype = o.train.base_dtype.empty() ? r.param_dtype
-                                            : resolve_dtype(o.train.base_dtype, r.device, "--base-dtype");
+  r.base_dtype = o.train.base_dtype ? resolve_dtype(*o.train.base_dtype, r.device, "--base-dtype")
+                                    : r.param_dtype;
   r.precision = o.train.precision;
   check_precision(r, o);
   check_memory_cap(r.device, memory_cap_bytes(o.train));
@@ -398,7 +398,7 @@ double accumulate_gradients(Run& r, const FinetuneToolOptions& o, const Window& 
   for (const auto& batch : w.batches) {
     const int64_t forward_start = allocated_now(r.device);
     std::optional<c10::ScalarType> autocast;
-    if (r.precision != "fp32") autocast = r.precision == "bf16" ? at::kBFloat16 : at::kHalf;
+    if (r.precision != Dtype::kFp32) autocast = scalar_type(r.precision);
     const auto sum = model_label_loss_sum(model, batch.input_ids.to(r.device),
                                           batch.labels.to(r.device), o.recompute, autocast);
     activations = std::max(activations, allocated_now(r.device) - forward_start);
@@ -406,7 +406,7 @@ double accumulate_gradients(Run& r, const FinetuneToolOptions& o, const Window& 
     // tokens: every label token of the window weighs the same, so N micro-batches of 1 give the
     // gradient of one batch of N (and W ranks with N each, that of one rank with W * N).
     // micro-batch: the seed's mean per micro-batch, averaged.
-    const double denom = o.train.loss_normalization == "tokens"
+    const double denom = o.train.loss_normalization == LossNormalization::kTokens
                              ? static_cast<double>(totals.label_tokens)
                              : static_cast<double>(batch.label_tokens * totals.batches);
     scaler.scale(sum / denom).backward();
@@ -457,7 +457,7 @@ ParallelStep data_parallel_step(ProcessGroup& group, BatchSampler& sampler, Run&
                                 const std::vector<at::Tensor>& trainable,
                                 const std::function<void(const std::string&)>& mark,
                                 int64_t& activations) {
-  const auto bucket_bytes = static_cast<int64_t>(o.dist.bucket_mb * 1024 * 1024);
+  const auto bucket_bytes = static_cast<int64_t>(o.dist.bucket_mib * 1024 * 1024);
   ParallelStep s;
   Window w;
   s.oom = out_of_memory_in([&] { w = next_window(sampler, r, o.train.grad_accum); });
@@ -650,12 +650,12 @@ void write_summary(const Run& r, const FinetuneToolOptions& o, const TrainState&
       {"total_parameters", r.params.total_count},
       {"device", r.device.str()},
       {"world_size", r.dist.world_size},  // data-parallel processes (tokens, samples: all ranks')
-      {"precision", o.train.precision},
+      {"precision", name_of(o.train.precision)},
       // The techniques of the seed's Table 2 grid, so llt-report needs no other file.
       {"grad_accum", o.train.grad_accum},
       {"batch_size", o.train.batch_size},
       {"lora_rank", o.lora.rank},
-      {"grad_checkpoint", o.recompute.grad_checkpoint},
+      {"grad_checkpoint", name_of(o.recompute.policy)},
       {"attention", attention_kernel_name(attention_kernel_for(r.device, false))},
       {"base_dtype", dtype_name(o.lora.rank > 0 ? r.base_dtype : r.param_dtype)},
       {"dim", r.loaded.args.dim},
@@ -738,11 +738,11 @@ int run_finetune(const FinetuneToolOptions& o) {
 
   AdamW optimizer(r.params.trainable, o.optim);
   LossScalerOptions scaler_options;
-  scaler_options.enabled = o.train.precision == "fp16";
+  scaler_options.enabled = o.train.precision == Dtype::kFp16;
   LossScaler scaler(scaler_options);
   SamplerOptions sampling;
   sampling.batch_size = o.train.batch_size;
-  sampling.shuffle = o.train.shuffle == "on";
+  sampling.shuffle = o.train.shuffle;
   sampling.seed = o.train.seed;  // the same permutation on every rank ...
   sampling.rank = dist.rank;     // ... of which rank r takes samples r, r + W, r + 2W ...
   sampling.world_size = dist.world_size;

@@ -34,11 +34,14 @@ bool parse_prompt_json(const std::string& line, const std::string& where, Prompt
     field("instruction", record.prompt, true);
     field("input", record.input, false);
   }
-  field("template", record.template_name, false);
-  if (!record.template_name.empty() && record.template_name != "none" &&
-      record.template_name != "alpaca") {
-    throw InputError(where + ": field 'template': expected none or alpaca, got '" +
-                     record.template_name + "'");
+  std::string template_name;
+  field("template", template_name, false);
+  if (!template_name.empty()) {
+    record.prompt_template = value_of<PromptTemplate>(template_name);
+    if (!record.prompt_template) {
+      throw InputError(where + ": field 'template': expected none or alpaca, got '" +
+                       template_name + "'");
+    }
   }
   return true;
 }
@@ -105,17 +108,17 @@ std::vector<PromptRecord> read_prompts_file(const std::string& path) {
   return records;
 }
 
-std::string apply_template(const PromptRecord& record, const std::string& default_template) {
-  const std::string& template_name =
-      record.template_name.empty() ? default_template : record.template_name;
-  if (template_name == "alpaca") return format_alpaca_prompt(record.prompt, record.input);
+std::string apply_template(const PromptRecord& record, PromptTemplate default_template) {
+  if (record.prompt_template.value_or(default_template) == PromptTemplate::kAlpaca) {
+    return format_alpaca_prompt(record.prompt, record.input);
+  }
   if (!record.input.empty()) return record.prompt + "\n" + record.input;
   return record.prompt;
 }
 
 int run_generate(const GenerateToolOptions& options) {
   std::vector<PromptRecord> records;
-  for (const auto& p : options.prompts) records.push_back({p, "", ""});
+  for (const auto& p : options.prompts) records.push_back({p, "", std::nullopt});
   if (!options.prompts_file.empty()) {
     auto from_file = read_prompts_file(options.prompts_file);
     records.insert(records.end(), from_file.begin(), from_file.end());
@@ -132,7 +135,7 @@ int run_generate(const GenerateToolOptions& options) {
 
   GenerateOptions gen;
   gen.sampling = options.sampling;
-  gen.kv_cache = options.kv_cache == "on";
+  gen.kv_cache = options.kv_cache;
   // EOS ends a completion; so does BOS, which llama2.c-trained models emit between documents.
   gen.stop_ids = {setup.tokenizer.eos_id(), setup.tokenizer.bos_id()};
 
@@ -144,7 +147,7 @@ int run_generate(const GenerateToolOptions& options) {
     std::vector<std::string> texts;
     std::vector<std::vector<int64_t>> prompt_ids;
     for (size_t i = first; i < last; ++i) {
-      texts.push_back(apply_template(records[i], options.template_name));
+      texts.push_back(apply_template(records[i], options.prompt_template));
       const auto ids = setup.tokenizer.encode(texts.back(), options.bos, /*eos=*/false);
       prompt_ids.emplace_back(ids.begin(), ids.end());
     }
@@ -175,7 +178,7 @@ int run_generate(const GenerateToolOptions& options) {
   }
   std::cerr << "llt-generate: " << total_tokens << " tokens in " << total_seconds << " s ("
             << (total_seconds > 0 ? total_tokens / total_seconds : 0.0) << " tokens/s, kv-cache "
-            << options.kv_cache << ")\n";
+            << name_of(options.kv_cache) << ")\n";
   if (!options.output.empty()) write_file_atomic(options.output, jsonl.str(), options.overwrite);
   return 0;
 }

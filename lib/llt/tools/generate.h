@@ -1,6 +1,7 @@
 // llt-generate: prompts in, completions out (stdout and optional JSONL).
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -12,7 +13,7 @@ namespace llt::tools {
 struct PromptRecord {
   std::string prompt;       // text prompt, or the instruction of an Alpaca record
   std::string input;        // Alpaca `input` (JSONL records only), may be empty
-  std::string template_name;  // JSON "template": none | alpaca for this record; "" = --template
+  std::optional<PromptTemplate> prompt_template;  // JSON "template" of this record; unset = --template
 };
 
 // Reads --prompts-file: a JSON object with a "prompts" array (the seed's seed_prompts.json);
@@ -22,8 +23,8 @@ struct PromptRecord {
 std::vector<PromptRecord> read_prompts_file(const std::string& path);
 
 // The text fed to the model for one record under its own template if it names one, else
-// `template_name` ("none" | "alpaca").
-std::string apply_template(const PromptRecord& record, const std::string& template_name);
+// `prompt_template`.
+std::string apply_template(const PromptRecord& record, PromptTemplate prompt_template);
 
 // Runs llt-generate end to end; returns the process exit code. Throws llt::Error on bad input.
 int run_generate(const GenerateToolOptions& options);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -11,12 +12,38 @@
 
 namespace llt::tools {
 
+// How llt-generate wraps each prompt: as given, or in stanford_alpaca's instruction template.
+enum class PromptTemplate { kNone, kAlpaca };
+inline const NameTable<PromptTemplate>& names(PromptTemplate) {
+  static const NameTable<PromptTemplate> table{{"none", PromptTemplate::kNone},
+                                               {"alpaca", PromptTemplate::kAlpaca}};
+  return table;
+}
+
+// What llt-tokenize does with a record it cannot use: stop (exit 1, nothing written), or drop it
+// and list it in the manifest.
+enum class OnBadRecord { kFail, kSkip };
+inline const NameTable<OnBadRecord>& names(OnBadRecord) {
+  static const NameTable<OnBadRecord> table{{"fail", OnBadRecord::kFail},
+                                            {"skip", OnBadRecord::kSkip}};
+  return table;
+}
+
+// Where llt-finetune starts: a new run folder (refusing an existing one), the run folder's latest
+// checkpoint (or a new run where there is none), or a given checkpoints/step-N folder.
+enum class ResumeMode { kNever, kAuto, kPath };
+inline const NameTable<ResumeMode>& names(ResumeMode) {
+  static const NameTable<ResumeMode> table{{"never", ResumeMode::kNever},
+                                           {"auto", ResumeMode::kAuto}};
+  return table;  // kPath has no name: --resume PATH
+}
+
 // Which model to run, where and how.
 struct ModelOptions {
   std::string model;            // --model: checkpoint file or directory (format from content)
   std::string tokenizer;        // --tokenizer: SentencePiece .model; default: tokenizer.model beside the model
   std::string device = "auto";  // --device: auto | cpu | cuda[:N]
-  std::string dtype = "fp32";   // --dtype: compute dtype fp32 | bf16 | fp16 (fp16 needs CUDA)
+  Dtype dtype = Dtype::kFp32;   // --dtype: compute dtype fp32 | bf16 | fp16 (fp16 needs CUDA)
   int threads = 0;              // --threads: 0 = SLURM_CPUS_PER_TASK, else all cores
   int64_t n_layers = 0;         // --n-layers: keep only the first N blocks (1 = the P100 debug model)
   std::string adapter;          // --adapter: a LoRA adapter folder (llt-finetune's RUN/adapter)
@@ -28,8 +55,8 @@ struct GenerateToolOptions {
   SamplingOptions sampling;
   std::vector<std::string> prompts;  // --prompt (repeatable)
   std::string prompts_file;          // --prompts-file: text, one prompt a line, or JSONL records
-  std::string template_name = "none";  // --template: none | alpaca
-  std::string kv_cache = "on";       // --kv-cache: on | off
+  PromptTemplate prompt_template = PromptTemplate::kNone;  // --template: none | alpaca
+  bool kv_cache = true;              // --kv-cache: on | off
   bool bos = true;                   // --bos: prepend BOS to each prompt (as Meta and llama2.c do)
   int64_t batch_size = 8;            // --batch-size: prompts decoded together
   std::string output;                // --output: JSONL file, one record per prompt
@@ -42,7 +69,7 @@ struct PerplexityToolOptions {
   ModelOptions model;          // --model, --tokenizer (needed for --text), --adapter, --dtype ...
   std::string data;            // --data: an llt-tokenize directory (with manifest.json)
   std::string text;            // --text: a UTF-8 text file, tokenized whole with BOS at the start
-  std::string tokens = "labels";  // --tokens (--data): labels (response only) | all
+  ScoredTokens tokens = ScoredTokens::kLabels;  // --tokens (--data): labels (response only) | all
   int64_t window = 0;          // --window (--text): tokens per forward; 0 = the model's max_seq_len
   int64_t stride = 0;          // --stride (--text): tokens between window starts; 0 = --window
   int64_t batch_size = 1;      // --batch-size: samples (or windows) per forward
@@ -73,7 +100,7 @@ struct TokenizeToolOptions {
   int64_t first = 0;      // --first: records to take after --skip; 0 = all the rest
   std::vector<std::string> splits;  // --split NAME=START:END (repeatable): records -> DIR/NAME
   int64_t samples_per_shard = 10000;     // --samples-per-shard: samples per HDF5 file, at most
-  std::string on_bad_record = "fail";    // --on-bad-record: fail (exit 1, nothing written) | skip
+  OnBadRecord on_bad_record = OnBadRecord::kFail;  // --on-bad-record: fail | skip
   bool overwrite = false;  // --overwrite: replace an existing dataset in --output
   int threads = 0;         // --threads: 0 = SLURM_CPUS_PER_TASK, else all cores
 };
@@ -84,19 +111,19 @@ struct TrainOptions {
   int64_t grad_accum = 8;     // --grad-accum: micro-batches per optimizer step (the brief's 8)
   int64_t epochs = 1;         // --epochs: passes over the data; sets the schedule's length
   int64_t max_steps = 0;      // --max-steps: stop after this many optimizer steps; 0 = no limit
-  std::string shuffle = "on";  // --shuffle: on | off (a seeded permutation per epoch)
+  bool shuffle = true;        // --shuffle: on | off (a seeded permutation per epoch)
   uint64_t seed = 0;          // --seed: data order, LoRA init and dropout
-  std::string precision = "fp32";  // --precision: fp32 | bf16 | fp16 (autocast compute dtype)
-  std::string base_dtype;     // --base-dtype: frozen base weights fp32 | bf16 | fp16; "" = --dtype
-  std::string loss_normalization = "tokens";  // --loss-normalization: tokens | micro-batch
-  std::string resume = "never";  // --resume: auto | never | PATH (a checkpoints/step-N folder)
+  Dtype precision = Dtype::kFp32;  // --precision: fp32 | bf16 | fp16 (autocast compute dtype)
+  std::optional<Dtype> base_dtype;  // --base-dtype: frozen base weights; unset = --dtype
+  LossNormalization loss_normalization = LossNormalization::kTokens;  // --loss-normalization
+  ResumeMode resume = ResumeMode::kNever;  // --resume: never | auto | PATH ...
+  std::string resume_path;                 // ... a checkpoints/step-N folder (kPath)
   int64_t save_every = 0;     // --save-every: checkpoint every N steps (and always at the end)
   int64_t log_every = 1;      // --log-every: progress line every N steps
   // --memory-cap-gib: the most tensor memory the run may hold, in GiB (0 = no cap), to emulate a
   // smaller device: on CUDA it caps the caching allocator (which excludes the CUDA context), on
   // the CPU the counted host bytes. Over it, the run ends with status oom (exit 3).
   double memory_cap_gib = 0;
-  double memory_cap_gb = 0;  // --memory-cap-gb: deprecated (x 1e9 bytes); converted to GiB
 };
 
 struct FinetuneToolOptions {

@@ -36,10 +36,7 @@ void check_options(const PerplexityToolOptions& o) {
   if (o.data.empty() == o.text.empty()) {
     throw InputError("give exactly one of --data DIR and --text FILE");
   }
-  if (o.tokens != "labels" && o.tokens != "all") {
-    throw InputError("--tokens " + o.tokens + ": expected labels or all");
-  }
-  if (!o.text.empty() && o.tokens != "labels") {
+  if (!o.text.empty() && o.tokens != ScoredTokens::kLabels) {
     throw InputError("--tokens applies to --data; --text scores every token but the first");
   }
   if (!o.data.empty() && (o.window != 0 || o.stride != 0)) {
@@ -139,7 +136,7 @@ nlohmann::json summary_json(const PerplexityToolOptions& o, const Plan& plan,
       {"perplexity", r.perplexity()},
       {"tokens", r.tokens},
       {"samples", static_cast<int64_t>(r.sequences.size())},  // samples, or windows of --text
-      {"over", text ? std::string("text") : o.tokens},
+      {"over", text ? std::string("text") : name_of(o.tokens)},
       {"model", o.model.model},
       {"adapter", or_null(o.model.adapter)},
       {"tokenizer", or_null(o.model.tokenizer)},
@@ -193,7 +190,7 @@ int run_perplexity(const PerplexityToolOptions& o) {
   write_file_atomic(fs::path(o.output) / "perplexity.json",
                     summary_json(o, plan, *model, result).dump(1) + "\n", o.overwrite);
   std::cout << "llt-perplexity: " << result.tokens << " tokens ("
-            << (o.text.empty() ? o.tokens : "text") << ") in " << result.sequences.size()
+            << (o.text.empty() ? name_of(o.tokens) : std::string("text")) << ") in " << result.sequences.size()
             << (o.text.empty() ? " samples" : " windows") << ": mean NLL " << std::setprecision(6)
             << result.mean_nll() << ", perplexity " << result.perplexity() << ", "
             << std::setprecision(3) << result.seconds << " s ("

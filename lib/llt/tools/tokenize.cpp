@@ -211,9 +211,6 @@ void print_split(const Manifest& m, const fs::path& dir) {
 void check_options(const TokenizeToolOptions& o) {
   if (o.max_len < 2) throw InputError("--max-len must be at least 2 (BOS and one token)");
   if (o.samples_per_shard < 1) throw InputError("--samples-per-shard must be at least 1");
-  if (o.on_bad_record != "fail" && o.on_bad_record != "skip") {
-    throw InputError("--on-bad-record: expected fail or skip, got '" + o.on_bad_record + "'");
-  }
 }
 
 // The selected records that are not bad, in order; sample_of[i] is record i's position in that
@@ -226,7 +223,7 @@ std::vector<int64_t> records_to_tokenize(const AlpacaFile& file,
   for (const auto& s : splits) std::fill(use.begin() + s.start, use.begin() + s.end, 1);
   for (const BadRecord& b : file.bad) {
     if (!use[b.index]) continue;
-    if (c.options->on_bad_record == "fail") {
+    if (c.options->on_bad_record == OnBadRecord::kFail) {
       throw InputError(describe_bad_record(b, c.input) +
                        " (pass --on-bad-record skip to drop such records)");
     }
