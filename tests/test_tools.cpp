@@ -2,6 +2,7 @@
 // Spawns the built binaries (tests depend on them in tests/CMakeLists.txt).
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <filesystem>
@@ -13,6 +14,7 @@
 
 #include "test_support.h"
 #include "llt/io.h"
+#include "llt/tools/options.h"
 
 namespace {
 
@@ -160,6 +162,41 @@ TEST(LltFinetune, RunsFromTheCommandLineAndItsResolvedConfigReadsBack) {
   EXPECT_EQ(count_lines(refused.output), 1) << refused.output;
 }
 
+// Every enum's table: each value has exactly one name, each name one value, and what is not a
+// name is not read as one.
+template <typename E>
+void expect_one_name_per_value(const std::vector<E>& values) {
+  const auto names = llt::names_list<E>();
+  EXPECT_EQ(names.size(), values.size());
+  for (const E v : values) {
+    const std::string& name = llt::name_of(v);
+    EXPECT_EQ(std::count(names.begin(), names.end(), name), 1) << name;
+    EXPECT_EQ(llt::value_of<E>(name), v) << name;
+  }
+  EXPECT_FALSE(llt::value_of<E>("").has_value());
+  EXPECT_FALSE(llt::value_of<E>(names.front() + "x").has_value());
+}
+
+TEST(Names, EachEnumHasOneNamePerValue) {
+  using namespace llt;
+  expect_one_name_per_value<Dtype>({Dtype::kFp32, Dtype::kBf16, Dtype::kFp16});
+  expect_one_name_per_value<LrSchedule>(
+      {LrSchedule::kConstant, LrSchedule::kCosine, LrSchedule::kLinear});
+  expect_one_name_per_value<RecomputePolicy>({RecomputePolicy::kNone, RecomputePolicy::kBlock,
+                                              RecomputePolicy::kEveryK, RecomputePolicy::kFfn});
+  expect_one_name_per_value<LossNormalization>(
+      {LossNormalization::kTokens, LossNormalization::kMicroBatch});
+  expect_one_name_per_value<ScoredTokens>({ScoredTokens::kLabels, ScoredTokens::kAll});
+  expect_one_name_per_value<tools::PromptTemplate>(
+      {tools::PromptTemplate::kNone, tools::PromptTemplate::kAlpaca});
+  expect_one_name_per_value<tools::OnBadRecord>(
+      {tools::OnBadRecord::kFail, tools::OnBadRecord::kSkip});
+  expect_one_name_per_value<tools::ResumeMode>({tools::ResumeMode::kNever,
+                                                tools::ResumeMode::kAuto});  // kPath: a path
+  expect_one_name_per_value<bool>({true, false});
+  EXPECT_EQ(llt::name_of(true), "on");
+}
+
 // --memory-cap-gb (x 1e9 bytes) is a deprecated alias: it warns, converts to GiB, and the
 // resolved config holds only --memory-cap-gib.
 TEST(LltFinetune, DeprecatedMemoryCapGbConvertsToGib) {
@@ -180,6 +217,27 @@ TEST(LltFinetune, DeprecatedMemoryCapGbConvertsToGib) {
   EXPECT_EQ(summary["status"], "oom");
   EXPECT_DOUBLE_EQ(summary["memory_cap_gib"].get<double>(), 1e-6 * 1e9 / (1 << 30));
   const auto both = run(base + (dir / "both").string() + " --memory-cap-gb 1 --memory-cap-gib 1");
+  EXPECT_EQ(both.code, 1) << both.output;
+  EXPECT_FALSE(fs::exists(dir / "both"));
+}
+
+// --dist-bucket-mb (it always meant 2^20 bytes) is a deprecated alias of --dist-bucket-mib: it
+// warns, and the resolved config holds only the new name, with the same number.
+TEST(LltFinetune, DeprecatedDistBucketMbIsMib) {
+  const auto dir = fresh_dir("bucket_mb");
+  const std::string data = (dir / "data").string();
+  ASSERT_EQ(run("llt-tokenize --tokenizer " + kStories + "/tok512.model --output " + data +
+                " --first 4 --max-len 320 --threads 1").code, 0);
+  const std::string base = "llt-finetune --model " + kStories + "/stories260K.bin --data " + data +
+                           " --threads 1 --max-steps 1 --output ";
+  const std::string run_dir = (dir / "run").string();
+  const auto r = run(base + run_dir + " --dist-bucket-mb 40");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("--dist-bucket-mb is deprecated"), std::string::npos) << r.output;
+  const std::string config = llt::read_file(run_dir + "/config.toml");
+  EXPECT_NE(config.find("dist-bucket-mib=40"), std::string::npos) << config;
+  EXPECT_EQ(config.find("dist-bucket-mb="), std::string::npos) << config;
+  const auto both = run(base + (dir / "both").string() + " --dist-bucket-mb 1 --dist-bucket-mib 1");
   EXPECT_EQ(both.code, 1) << both.output;
   EXPECT_FALSE(fs::exists(dir / "both"));
 }

@@ -1,0 +1,170 @@
+#include "llt/tools/run_folder.h"
+
+#include <algorithm>
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+
+#include <unistd.h>
+
+#include "llt/errors.h"
+#include "llt/io.h"
+
+namespace llt::tools {
+namespace fs = std::filesystem;
+
+namespace {
+
+nlohmann::json estimate_json(const MemoryBreakdown& b) {
+  return {{"parameters", b.parameters},
+          {"gradients", b.gradients},
+          {"optimizer_state", b.optimizer_state},
+          {"activations", b.activations},
+          {"recompute", b.recompute},
+          {"head_activations", b.head_activations},
+          {"block_backward", b.block_backward},
+          {"loss_backward", b.loss_backward},
+          {"optimizer_temporaries", b.optimizer_temporaries},
+          {"total", b.total()}};
+}
+
+}  // namespace
+
+nlohmann::json to_json(const RunSummary& s) {
+  const MemoryBytes& b = s.breakdown;
+  return {
+      {"status", s.status},
+      {"error", s.error},
+      {"steps", s.steps},
+      {"samples", s.samples},
+      {"tokens", s.tokens},
+      {"label_tokens", s.label_tokens},
+      {"runtime_s", s.runtime_s},
+      {"saving_s", s.saving_s},
+      {"wall_s", s.wall_s},
+      {"samples_per_s", s.runtime_s > 0 ? s.samples / s.runtime_s : 0.0},
+      {"tokens_per_s", s.runtime_s > 0 ? s.tokens / s.runtime_s : 0.0},
+      {"trainable_parameters", s.trainable_parameters},
+      {"total_parameters", s.total_parameters},
+      {"device", s.device},
+      {"world_size", s.world_size},
+      {"precision", s.precision},
+      {"grad_accum", s.grad_accum},
+      {"batch_size", s.batch_size},
+      {"lora_rank", s.lora_rank},
+      {"grad_checkpoint", s.grad_checkpoint},
+      {"attention", s.attention},
+      {"base_dtype", s.base_dtype},
+      {"dim", s.dim},
+      {"peak_allocated", s.peak_allocated},
+      {"peak_reserved", s.peak_reserved},
+      {"peak_allocated_training", s.peak_allocated_training},
+      {"peak_rss", s.peak_rss},
+      {"memory_cap_gib", s.memory_cap_gib},
+      {"skipped_steps", s.skipped_steps},
+      {"memory_breakdown",
+       {{"parameters", b.parameters},
+        {"gradients", b.gradients},
+        {"optimizer_state", b.optimizer_state},
+        {"activations", b.activations},
+        {"step_transient", b.step_transient}}},
+      {"memory_estimate", estimate_json(s.estimate)},
+      {"model", s.model},
+      {"data", s.data},
+      {"n_layers", s.n_layers},
+      {"command_line", s.command_line},
+      {"git_sha", s.git_sha},
+      {"llt_version", s.llt_version},
+  };
+}
+
+JsonlWriter::JsonlWriter(const fs::path& path, bool append)
+    : out_(path, append ? std::ios::app : std::ios::trunc) {
+  if (!out_) throw RuntimeError(path.string() + ": cannot open for writing");
+}
+
+void JsonlWriter::write(const nlohmann::json& record) {
+  out_ << record.dump() << '\n';
+  out_.flush();
+}
+
+void truncate_metrics(const fs::path& path, int64_t step) {
+  if (!fs::exists(path)) return;
+  std::istringstream in(read_file(path));
+  std::string kept;
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_object() && j.value("step", int64_t{0}) <= step) kept += line + "\n";
+  }
+  write_file_atomic(path, kept, /*overwrite=*/true);
+}
+
+MemorySample MemoryMonitor::sample() {
+  const MemorySample m = sample_memory(device_);
+  peak_allocated_ = std::max(peak_allocated_, m.peak_allocated);
+  peak_reserved_ = std::max(peak_reserved_, m.peak_reserved);
+  if (training_) training_peak_ = std::max(training_peak_, m.peak_allocated);
+  return m;
+}
+
+void MemoryMonitor::start_training() {
+  reset_peak();
+  training_ = true;
+}
+
+void MemoryMonitor::reset_peak() {
+  sample();  // fold the interval's peak into the run's before it is forgotten
+  if (device_.is_cuda()) {
+    reset_cuda_peak(device_.has_index() ? device_.index() : 0);
+  } else {
+    reset_host_peak();
+  }
+}
+
+nlohmann::json memory_record(MemoryMonitor& monitor, int64_t step, const std::string& phase,
+                             double t) {
+  const MemorySample m = monitor.sample();
+  return {{"step", step},
+          {"phase", phase},
+          {"t", t},
+          {"device", monitor.device().str()},
+          {"allocated", m.allocated},
+          {"reserved", m.reserved},
+          {"peak_allocated", m.peak_allocated},
+          {"peak_reserved", m.peak_reserved},
+          {"rss", m.rss},
+          {"peak_rss", m.peak_rss}};
+}
+
+ProgressBar::ProgressBar(bool enabled) : enabled_(enabled && isatty(STDOUT_FILENO) == 1) {}
+
+void ProgressBar::draw(int64_t step, int64_t last, const std::string& eta) {
+  if (!enabled_) return;
+  constexpr int kWidth = 30;
+  const auto filled = static_cast<int>(kWidth * step / std::max<int64_t>(1, last));
+  std::cout << "\r[" << std::string(filled, '#') << std::string(kWidth - filled, '.') << "] "
+            << step << "/" << last << "  eta " << eta << std::flush;
+  drawn_ = true;
+}
+
+void ProgressBar::erase() {
+  if (!enabled_ || !drawn_) return;
+  std::cout << "\r\033[K" << std::flush;
+  drawn_ = false;
+}
+
+std::string format_mib(int64_t bytes) {
+  std::ostringstream s;
+  s << std::fixed << std::setprecision(1) << bytes / (1024.0 * 1024.0) << " MiB";
+  return s.str();
+}
+
+std::string format_duration(double seconds) {
+  const auto s = static_cast<int64_t>(seconds);
+  std::ostringstream out;
+  out << s / 3600 << ":" << std::setw(2) << std::setfill('0') << (s / 60) % 60 << ":"
+      << std::setw(2) << std::setfill('0') << s % 60;
+  return out.str();
+}
+
+}  // namespace llt::tools

@@ -1,0 +1,143 @@
+#include "llt/train_state.h"
+
+#include <filesystem>
+#include <string>
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <nlohmann/json.hpp>
+
+#include "llt/errors.h"
+#include "llt/io.h"
+#include "llt/safetensors.h"
+
+namespace llt {
+namespace fs = std::filesystem;
+
+namespace {
+
+at::Tensor from_hex(const std::string& hex, const std::string& where) {
+  if (hex.size() % 2 != 0) throw InputError(where + ": rng_state is not hex");
+  auto t = at::empty({static_cast<int64_t>(hex.size() / 2)}, at::kByte);
+  auto* p = t.data_ptr<uint8_t>();
+  auto nibble = [&](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    throw InputError(where + ": rng_state is not hex");
+  };
+  for (size_t i = 0; i < hex.size(); i += 2) p[i / 2] = nibble(hex[i]) << 4 | nibble(hex[i + 1]);
+  return t;
+}
+
+}  // namespace
+
+fs::path latest_train_state(const fs::path& checkpoints) {
+  fs::path best;
+  int64_t best_step = -1;
+  if (!fs::is_directory(checkpoints)) return best;
+  for (const auto& entry : fs::directory_iterator(checkpoints)) {
+    const std::string name = entry.path().filename().string();
+    if (!entry.is_directory() || name.rfind("step-", 0) != 0 || name.find('.') != std::string::npos)
+      continue;
+    const int64_t step = std::stoll(name.substr(5));
+    if (step > best_step) best_step = step, best = entry.path();
+  }
+  return best;
+}
+
+std::string hex_bytes(const at::Tensor& bytes) {
+  static const char* digits = "0123456789abcdef";
+  const auto* p = bytes.contiguous().data_ptr<uint8_t>();
+  std::string hex;
+  for (int64_t i = 0; i < bytes.numel(); ++i) {
+    hex += digits[p[i] >> 4];
+    hex += digits[p[i] & 15];
+  }
+  return hex;
+}
+
+void save_train_state(const fs::path& checkpoints, const TrainState& state,
+                      const NamedParameters& trainable, const AdamW& optimizer, int world_size,
+                      const std::vector<std::string>& rank_rng_states) {
+  const fs::path final_dir = checkpoints / ("step-" + std::to_string(state.step));
+  const fs::path tmp = final_dir.string() + ".tmp";
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  for (const auto& [name, p] : trainable) tensors.emplace_back(name, p.detach().cpu());
+  write_safetensors(tmp / "trainable.safetensors", tensors, {});
+  optimizer.save(tmp / "optimizer.safetensors");
+  nlohmann::json j = {
+      {"format", "llt-train-state-v1"},
+      {"world_size", world_size},  // the cursor counts this many ranks' batches
+      {"step", state.step},
+      {"epoch", state.data.epoch},
+      {"cursor", state.data.cursor},
+      {"scale", state.scaler.scale},
+      {"good_steps", state.scaler.good_steps},
+      {"skipped_steps", state.scaler.skipped_steps},
+      {"elapsed_s", state.elapsed_s},
+      {"saving_s", state.saving_s},
+      {"tokens", state.tokens},
+      {"label_tokens", state.label_tokens},
+      {"samples", state.samples},
+      {"activations", state.activations},
+      {"rng_state", hex_bytes(at::detail::getDefaultCPUGenerator().get_state())},
+  };
+  if (!rank_rng_states.empty()) j["rank_rng_states"] = rank_rng_states;
+  write_file_atomic(tmp / "state.json", j.dump(1), /*overwrite=*/true);
+  fs::remove_all(final_dir);
+  fs::rename(tmp, final_dir);
+  for (const auto& entry : fs::directory_iterator(checkpoints)) {  // keep only the newest
+    if (entry.path() != final_dir) fs::remove_all(entry.path());
+  }
+}
+
+TrainState load_train_state(const fs::path& dir, const NamedParameters& trainable,
+                            AdamW& optimizer, const DistributedConfig& dist) {
+  const fs::path state_file = dir / "state.json";
+  const auto j = nlohmann::json::parse(read_file(state_file), nullptr, false);
+  if (!j.is_object() || j.value("format", "") != "llt-train-state-v1") {
+    throw InputError(state_file.string() + ": not an llt training state (format)");
+  }
+  const int saved_world = j.value("world_size", 1);
+  if (saved_world != dist.world_size) {
+    throw InputError(state_file.string() + ": world_size " + std::to_string(saved_world) +
+                     ", this run has " + std::to_string(dist.world_size) +
+                     " processes; resume with the same number (the data position counts "
+                     "per-rank batches)");
+  }
+  SafetensorsFile reader(dir / "trainable.safetensors");
+  at::NoGradGuard no_grad;
+  for (const auto& [name, p] : trainable) {
+    const auto saved = reader.read(name);  // InputError naming the key if missing
+    if (saved.sizes() != p.sizes()) {
+      throw InputError((dir / "trainable.safetensors").string() + ": " + name + " has shape " +
+                       c10::str(saved.sizes()) + ", the model expects " + c10::str(p.sizes()));
+    }
+    p.copy_(saved);
+  }
+  optimizer.load(dir / "optimizer.safetensors");
+  TrainState state;
+  try {
+    state.step = j.at("step");
+    state.data = {j.at("epoch"), j.at("cursor")};
+    state.scaler = {j.at("scale"), j.at("good_steps"), j.at("skipped_steps")};
+    state.elapsed_s = j.at("elapsed_s");
+    state.saving_s = j.value("saving_s", 0.0);
+    state.tokens = j.at("tokens");
+    state.label_tokens = j.at("label_tokens");
+    state.samples = j.at("samples");
+    state.activations = j.value("activations", int64_t{0});  // older checkpoints: measured anew
+    const std::string rng = dist.world_size > 1
+                                ? j.at("rank_rng_states").at(dist.rank).get<std::string>()
+                                : j.at("rng_state").get<std::string>();
+    auto generator = at::detail::getDefaultCPUGenerator();
+    generator.set_state(from_hex(rng, state_file.string()));
+  } catch (const nlohmann::json::exception& e) {
+    throw InputError(state_file.string() + ": " + e.what());
+  }
+  return state;
+}
+
+}  // namespace llt

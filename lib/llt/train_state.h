@@ -1,0 +1,56 @@
+// The training state of a run at an optimizer step, as `checkpoints/step-N/` holds it
+// (DESIGN.md "Resume"): trainable.safetensors (the trained tensors), optimizer.safetensors (AdamW's
+// moments) and state.json ("llt-train-state-v1": step, data position, loss scale, counters and
+// the CPU generator's state). Written as step-N.tmp/ and renamed, so a killed write leaves the
+// previous state the latest.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "llt/amp.h"
+#include "llt/dataset.h"
+#include "llt/distributed.h"
+#include "llt/optim.h"
+
+namespace llt {
+
+struct TrainState {
+  int64_t step = 0;       // optimizer steps done
+  DataPosition data;      // the sampler's position after `step`
+  LossScalerState scaler;
+  double elapsed_s = 0;   // training wall time so far
+  double saving_s = 0;    // of elapsed_s: writing training states and adapters
+  int64_t tokens = 0;
+  int64_t label_tokens = 0;
+  int64_t samples = 0;      // real samples: wrap-around repeats are not counted
+  int64_t activations = 0;  // the most bytes a micro-batch's forward held (Trainer)
+};
+
+// The newest `step-N` folder in `checkpoints` (a finished write: no ".tmp"), or an empty path.
+std::filesystem::path latest_train_state(const std::filesystem::path& checkpoints);
+
+// A uint8 tensor (a generator's state) as lowercase hex: state.json's rng_state.
+std::string hex_bytes(const at::Tensor& bytes);
+
+// Writes checkpoints/step-<state.step>/ and then removes every older folder in `checkpoints`.
+// `rank_rng_states`: in a data-parallel run, every rank's CPU generator state (hex_bytes) in rank order;
+// empty for one process. Only the CPU generator is saved: on CPU each rank resumes its own
+// dropout stream exactly, but CUDA generators (dropout on a GPU) are not restored, so a resumed
+// GPU run with dropout is not bitwise the uninterrupted one.
+void save_train_state(const std::filesystem::path& checkpoints, const TrainState& state,
+                      const NamedParameters& trainable, const AdamW& optimizer, int world_size,
+                      const std::vector<std::string>& rank_rng_states);
+
+// Reads a step-N folder into `trainable` (copied in place), `optimizer` and this rank's CPU
+// generator, and returns the state. Every rank of a data-parallel run reads the folder rank 0
+// wrote. Throws InputError naming the file on another format, another world size, a missing or
+// mis-shaped tensor, or a missing field.
+TrainState load_train_state(const std::filesystem::path& dir, const NamedParameters& trainable,
+                            AdamW& optimizer, const DistributedConfig& dist);
+
+}  // namespace llt
