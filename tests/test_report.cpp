@@ -14,6 +14,7 @@
 #include "llt/io.h"
 #include "llt/tools/options.h"
 #include "llt/tools/report.h"
+#include "llt/tools/report_tables.h"
 
 #include "test_support.h"
 

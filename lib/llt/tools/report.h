@@ -1,7 +1,8 @@
 // llt-report: reads run folders (llt-finetune's summary.json, metrics.jsonl, memory.jsonl;
 // llt-perplexity's perplexity.json; llt-generate's generations.jsonl) and writes the seed's
 // Table 1 and Table 2 (Markdown + CSV), gnuplot plots and a before/after sheet of completions.
-// No torch here: this reads and writes text.
+// Here: the run folders' contents and the tool's order of work; the tables are in
+// report_tables.h, the plots in report_plots.h. No torch here: this reads and writes text.
 #pragma once
 
 #include <cstdint>
@@ -99,25 +100,6 @@ RunRecord read_run(const std::filesystem::path& dir);
 // Reads every folder, in order, and gives each a unique name. Throws InputError as read_run, or
 // if a folder is given twice.
 std::vector<RunRecord> read_runs(const std::vector<std::string>& dirs);
-
-// The seed's Table 2 (peak memory and runtime over GA x MP x LoRA, per checkpointing setting),
-// from the runs with a summary.json: Markdown (naming the folders without results), and CSV
-// with one row per run and every field.
-std::string table2_markdown(const std::vector<RunRecord>& runs);
-std::string table2_csv(const std::vector<RunRecord>& runs);
-
-// The seed's Table 1, measured: per technique, the change in memory_breakdown and runtime between
-// two ok runs that differ only in that technique. CSV: one row per (pair, quantity).
-std::string table1_markdown(const std::vector<RunRecord>& runs);
-std::string table1_csv(const std::vector<RunRecord>& runs);
-
-// Perplexity per folder, then each prompt found in two or more folders' generations.jsonl with
-// the completions side by side.
-std::string before_after_markdown(const std::vector<RunRecord>& runs);
-
-// The gnuplot data files and scripts (name in DIR/plots/ -> content); each script writes the
-// PNG of the same name when run inside DIR/plots/. A plot without data is left out.
-std::map<std::string, std::string> plot_files(const std::vector<RunRecord>& runs);
 
 // llt-report: reads options.runs, writes the tables, plots and sheet into options.output (all or
 // nothing) and prints where they are, with a warning on stderr for each folder without results.
