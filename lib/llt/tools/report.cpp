@@ -16,6 +16,7 @@
 
 #include "llt/errors.h"
 #include "llt/io.h"
+#include "llt/json_fields.h"
 #include "llt/tools/options.h"  // ReportToolOptions: std only
 #include "llt/tools/report_plots.h"
 #include "llt/tools/report_tables.h"
@@ -34,72 +35,8 @@ std::string one_line(std::string s) {
   return s;
 }
 
-// A JSON value as a short quote for error messages.
-std::string quote(const json& v) {
-  std::string s = v.dump();
-  return s.size() > 40 ? s.substr(0, 40) + "..." : s;
-}
-
-json parse_json(const std::string& text, const std::string& where) {
-  try {
-    return json::parse(text);
-  } catch (const json::parse_error& e) {
-    std::string what = e.what();  // "[json.exception.parse_error.101] parse error at line ..."
-    const auto bracket = what.find("] ");
-    if (bracket != std::string::npos) what = what.substr(bracket + 2);
-    throw InputError(where + ": not valid JSON (" + one_line(what) + ")");
-  }
-}
-
-// Typed access to one JSON object's fields; `prefix` names nested objects in messages.
-class Fields {
- public:
-  Fields(const json& j, std::string where, std::string prefix = "")
-      : j_(j), where_(std::move(where)), prefix_(std::move(prefix)) {
-    if (!j_.is_object()) {
-      throw InputError(where_ + (prefix_.empty() ? "" : ": field '" + prefix_ + "'") +
-                       ": expected a JSON object, found " + quote(j_));
-    }
-  }
-  bool has(const std::string& key) const { return j_.contains(key); }
-  int64_t integer(const std::string& key) const {
-    const json& v = get(key);
-    if (!v.is_number_integer()) fail(key, "an integer", v);
-    return v.get<int64_t>();
-  }
-  double number(const std::string& key, bool null_is_nan = false) const {
-    const json& v = get(key);
-    if (null_is_nan && v.is_null()) return std::nan("");  // JSON has no NaN; nlohmann writes null
-    if (!v.is_number()) fail(key, "a number", v);
-    return v.get<double>();
-  }
-  std::string string(const std::string& key) const {
-    const json& v = get(key);
-    if (!v.is_string()) fail(key, "a string", v);
-    return v.get<std::string>();
-  }
-  Fields object(const std::string& key) const { return Fields(get(key), where_, name(key)); }
-
- private:
-  std::string name(const std::string& key) const {
-    return prefix_.empty() ? key : prefix_ + "." + key;
-  }
-  const json& get(const std::string& key) const {
-    const auto it = j_.find(key);
-    if (it == j_.end()) throw InputError(where_ + ": missing field '" + name(key) + "'");
-    return *it;
-  }
-  [[noreturn]] void fail(const std::string& key, const char* expected, const json& v) const {
-    throw InputError(where_ + ": field '" + name(key) + "': expected " + expected + ", found " +
-                     quote(v));
-  }
-  const json& j_;
-  std::string where_;
-  std::string prefix_;
-};
-
 // Calls `each(record, "FILE:LINE")` for every non-blank line of a JSONL file.
-void for_each_jsonl(const fs::path& path, const std::function<void(const Fields&)>& each) {
+void for_each_jsonl(const fs::path& path, const std::function<void(const JsonFields&)>& each) {
   std::istringstream in(read_file(path));
   int64_t line_number = 0;
   for (std::string line; std::getline(in, line);) {
@@ -107,7 +44,7 @@ void for_each_jsonl(const fs::path& path, const std::function<void(const Fields&
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     const std::string where = path.string() + ":" + std::to_string(line_number);
     const json j = parse_json(line, where);
-    each(Fields(j, where));
+    each(JsonFields(j, where));
   }
 }
 
@@ -125,41 +62,14 @@ void flatten(const json& j, const std::string& prefix, std::map<std::string, std
 
 RunSummary read_summary(const fs::path& path, std::map<std::string, std::string>& fields) {
   const json j = parse_json(read_file(path), path.string());
-  const Fields f(j, path.string());
-  RunSummary s;
-  s.status = f.string("status");
-  static const std::set<std::string> kStatuses = {"ok", "oom", "nan", "preempted", "error"};
-  if (kStatuses.count(s.status) == 0) {
-    throw InputError(path.string() +
-                     ": field 'status': expected ok | oom | nan | preempted | "
-                     "error, found \"" +
-                     s.status + "\"");
-  }
-  s.steps = f.integer("steps");
-  s.samples = f.integer("samples");
-  s.runtime_s = f.number("runtime_s");
-  s.peak_allocated_training = f.integer("peak_allocated_training");
-  s.device = f.string("device");
-  s.precision = f.string("precision");
-  s.grad_accum = f.integer("grad_accum");
-  s.batch_size = f.integer("batch_size");
-  s.lora_rank = f.integer("lora_rank");
-  s.grad_checkpoint = f.string("grad_checkpoint");
-  s.base_dtype = f.string("base_dtype");
-  s.dim = f.integer("dim");
-  s.n_layers = f.integer("n_layers");
-  s.model = f.string("model");
-  s.git_sha = f.string("git_sha");
-  const Fields b = f.object("memory_breakdown");
-  s.breakdown = {b.integer("parameters"), b.integer("gradients"), b.integer("optimizer_state"),
-                 b.integer("activations")};
+  RunSummary s = run_summary_from_json(j, path.string());
   flatten(j, "", fields);
   return s;
 }
 
 PerplexityFigures read_perplexity(const fs::path& path) {
   const json j = parse_json(read_file(path), path.string());
-  const Fields f(j, path.string());
+  const JsonFields f(j, path.string());
   PerplexityFigures p;
   p.mean_nll = f.number("mean_nll", /*null_is_nan=*/true);
   p.perplexity = f.number("perplexity", /*null_is_nan=*/true);
@@ -263,19 +173,19 @@ RunRecord read_run(const fs::path& dir) {
   r.name = folder_name(dir);
   if (fs::exists(dir / "summary.json")) r.summary = read_summary(dir / "summary.json", r.fields);
   if (fs::exists(dir / "metrics.jsonl")) {
-    for_each_jsonl(dir / "metrics.jsonl", [&](const Fields& f) {
+    for_each_jsonl(dir / "metrics.jsonl", [&](const JsonFields& f) {
       r.metrics.push_back({f.integer("step"), f.number("loss", /*null_is_nan=*/true)});
     });
   }
   if (fs::exists(dir / "memory.jsonl")) {
-    for_each_jsonl(dir / "memory.jsonl", [&](const Fields& f) {
+    for_each_jsonl(dir / "memory.jsonl", [&](const JsonFields& f) {
       r.memory.push_back({f.integer("step"), f.has("phase") ? f.string("phase") : "", f.number("t"),
                           f.integer("allocated"), f.integer("rss")});
     });
   }
   const bool has_generations = fs::exists(dir / "generations.jsonl");
   if (has_generations) {
-    for_each_jsonl(dir / "generations.jsonl", [&](const Fields& f) {
+    for_each_jsonl(dir / "generations.jsonl", [&](const JsonFields& f) {
       r.generations.push_back({f.string("prompt"), f.string("completion")});
     });
   }

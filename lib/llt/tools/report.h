@@ -12,38 +12,11 @@
 #include <string>
 #include <vector>
 
+#include "llt/tools/run_folder.h"  // RunSummary
+
 namespace llt::tools {
 
 struct ReportToolOptions;  // llt/tools/options.h
-
-// Bytes per kind, as summary.json's memory_breakdown measured them.
-struct MemoryBytes {
-  int64_t parameters = 0;
-  int64_t gradients = 0;
-  int64_t optimizer_state = 0;
-  int64_t activations = 0;  // the step's peak above what stays allocated between steps
-};
-
-// The summary.json fields the tables use (every other field is kept in RunRecord::fields).
-struct RunSummary {
-  std::string status;  // ok | oom | nan | preempted | error
-  int64_t steps = 0;
-  int64_t samples = 0;
-  double runtime_s = 0;                 // the training steps' wall time (no checkpoint writes)
-  int64_t peak_allocated_training = 0;  // bytes: llt's CPU allocator counter, or CUDA's peak
-  std::string device;                   // cpu | cuda:N
-  std::string precision;                // fp32 | bf16 | fp16
-  int64_t grad_accum = 1;
-  int64_t batch_size = 1;
-  int64_t lora_rank = 0;        // 0 = full fine-tuning
-  std::string grad_checkpoint;  // none | block | every-k | ffn
-  std::string base_dtype;
-  int64_t dim = 0;
-  int64_t n_layers = 0;
-  std::string model;
-  std::string git_sha;
-  MemoryBytes breakdown;
-};
 
 struct MetricPoint {  // one line of metrics.jsonl
   int64_t step = 0;

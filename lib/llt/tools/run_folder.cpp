@@ -3,12 +3,14 @@
 #include <algorithm>
 #include <iomanip>
 #include <iostream>
+#include <set>
 #include <sstream>
 
 #include <unistd.h>
 
 #include "llt/errors.h"
 #include "llt/io.h"
+#include "llt/json_fields.h"
 
 namespace llt::tools {
 namespace fs = std::filesystem;
@@ -76,6 +78,38 @@ nlohmann::json to_json(const RunSummary& s) {
       {"git_sha", s.git_sha},
       {"llt_version", s.llt_version},
   };
+}
+
+RunSummary run_summary_from_json(const nlohmann::json& j, const std::string& where) {
+  const JsonFields f(j, where);
+  RunSummary s;
+  s.status = f.string("status");
+  static const std::set<std::string> kStatuses = {"ok", "oom", "nan", "preempted", "error"};
+  if (kStatuses.count(s.status) == 0) {
+    throw InputError(where + ": field 'status': expected ok | oom | nan | preempted | error, found \"" +
+                     s.status + "\"");
+  }
+  s.steps = f.integer("steps");
+  s.samples = f.integer("samples");
+  s.runtime_s = f.number("runtime_s");
+  s.peak_allocated_training = f.integer("peak_allocated_training");
+  s.device = f.string("device");
+  s.precision = f.string("precision");
+  s.grad_accum = f.integer("grad_accum");
+  s.batch_size = f.integer("batch_size");
+  s.lora_rank = f.integer("lora_rank");
+  s.grad_checkpoint = f.string("grad_checkpoint");
+  s.base_dtype = f.string("base_dtype");
+  s.dim = f.integer("dim");
+  s.n_layers = f.integer("n_layers");
+  s.model = f.string("model");
+  s.git_sha = f.string("git_sha");
+  const JsonFields b = f.object("memory_breakdown");
+  s.breakdown.parameters = b.integer("parameters");
+  s.breakdown.gradients = b.integer("gradients");
+  s.breakdown.optimizer_state = b.integer("optimizer_state");
+  s.breakdown.activations = b.integer("activations");
+  return s;
 }
 
 JsonlWriter::JsonlWriter(const fs::path& path, bool append)

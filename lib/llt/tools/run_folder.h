@@ -17,7 +17,7 @@
 
 namespace llt::tools {
 
-// Bytes per kind as summary.json's memory_breakdown measured them (the seed's Table 1).
+// Bytes per kind as summary.json's memory_breakdown measured them (the seed's Table 1, measured).
 struct MemoryBytes {
   int64_t parameters = 0;
   int64_t gradients = 0;
@@ -74,6 +74,11 @@ struct RunSummary {
 
 // summary.json's keys and values (samples_per_s and tokens_per_s derived from runtime_s).
 nlohmann::json to_json(const RunSummary& s);
+
+// The fields llt-report's tables use, read back from summary.json's `j` (`where`: the file, in
+// errors); the others keep their defaults. Throws InputError naming the file and the field when
+// one is missing or of another type, or the status is not one of the five.
+RunSummary run_summary_from_json(const nlohmann::json& j, const std::string& where);
 
 // Appends one JSON record per line and flushes, so a killed job keeps what it logged.
 class JsonlWriter {
