@@ -72,15 +72,15 @@ fs::path copy_run(const std::string& name, const fs::path& dir) {
 
 const char* kTable2 = R"md(# Table 2: System performance measurement
 
-Peak memory and runtime of each training run by gradient accumulation (GA: off = grad_accum 1, on = more), mixed precision (MP: off = fp32, on = bf16 or fp16) and LoRA (off = lora_rank 0, on = more), one row group per activation-checkpointing setting (grad_checkpoint). Peak Mem is `peak_allocated_training` from summary.json, the most bytes allocated during training steps (llt's counting CPU allocator), 1 MB = 2^20 bytes; Runtime is `runtime_s`, the training steps' wall time (checkpoint writing excluded). × = out of memory (status oom), – = no run; another status is shown by name.
+Peak memory and runtime of each training run by gradient accumulation (GA: off = grad_accum 1, on = more), mixed precision (MP: off = fp32, on = bf16 or fp16) and LoRA (off = lora_rank 0, on = more), one row group per activation-checkpointing setting (grad_checkpoint). Peak Mem is `peak_allocated_training` from summary.json, the most bytes allocated during training steps (llt's counting CPU allocator), 1 MiB = 2^20 bytes; Runtime is `runtime_s`, the training steps' wall time (checkpoint writing excluded). × = out of memory (status oom), – = no run; another status is shown by name.
 
 | Grad. Checkpoint | Grad. Accumulation | off | off | off | off | on | on | on | on |
 |---|---|---:|---:|---:|---:|---:|---:|---:|---:|
 | | Mixed Precision | off | off | on | on | off | off | on | on |
 | | LoRA | off | on | off | on | off | on | off | on |
-| none | Peak Mem (MB, CPU allocator) | × | 300.0 | 500.0 | 250.0 | 700.0 | 280.0 | 480.0 | 230.4 |
+| none | Peak Mem (MiB, CPU allocator) | × | 300.0 | 500.0 | 250.0 | 700.0 | 280.0 | 480.0 | 230.4 |
 | none | Runtime (s) | × | 50.0 | 80.0 | 40.0 | 90.0 | 48.0 | 75.0 | 38.3 |
-| block | Peak Mem (MB, CPU allocator) | 600.0 | – | – | – | – | 200.0 | – | – |
+| block | Peak Mem (MiB, CPU allocator) | 600.0 | – | – | – | – | 200.0 | – | – |
 | block | Runtime (s) | 120.0 | – | – | – | – | 64.0 | – | – |
 
 From 10 runs:
@@ -102,14 +102,14 @@ From 10 runs:
 // 50 -> 40 MiB, time 80 -> 40 s.
 const char* kTable1 = R"md(# Table 1: System performance analysis (measured)
 
-What turning each technique on changes, measured between two runs that differ only in that technique (same device, model, samples, batch size, base dtype and other settings; both status ok). Memory is `memory_breakdown` from summary.json (1 MB = 2^20 bytes), time is `runtime_s`. ↑ more, ↓ less, − within 1% of the run without the technique; then the change (on − off) and its percentage.
+What turning each technique on changes, measured between two runs that differ only in that technique (same device, model, samples, batch size, base dtype and other settings; both status ok). Memory is `memory_breakdown` from summary.json (1 MiB = 2^20 bytes), time is `runtime_s`. ↑ more, ↓ less, − within 1% of the run without the technique; then the change (on − off) and its percentage.
 
 | | Grad. Accumulation | Grad. Checkpoint | Mixed Precision | LoRA |
 |---|---|---|---|---|
-| Memory: parameters | − 0.00 MB (0.0%) | − 0.00 MB (0.0%) | − 0.00 MB (0.0%) | ↑ +0.20 MB (+5.0%) |
-| Memory: activations | − 0.00 MB (0.0%) | ↓ -60.00 MB (-75.0%) | ↓ -40.00 MB (-50.0%) | ↓ -10.00 MB (-20.0%) |
-| Memory: gradients | − 0.00 MB (0.0%) | − 0.00 MB (0.0%) | − 0.00 MB (0.0%) | ↓ -3.80 MB (-95.0%) |
-| Memory: optimizer state | − 0.00 MB (0.0%) | − 0.00 MB (0.0%) | − 0.00 MB (0.0%) | ↓ -7.60 MB (-95.0%) |
+| Memory: parameters | − 0.00 MiB (0.0%) | − 0.00 MiB (0.0%) | − 0.00 MiB (0.0%) | ↑ +0.20 MiB (+5.0%) |
+| Memory: activations | − 0.00 MiB (0.0%) | ↓ -60.00 MiB (-75.0%) | ↓ -40.00 MiB (-50.0%) | ↓ -10.00 MiB (-20.0%) |
+| Memory: gradients | − 0.00 MiB (0.0%) | − 0.00 MiB (0.0%) | − 0.00 MiB (0.0%) | ↓ -3.80 MiB (-95.0%) |
+| Memory: optimizer state | − 0.00 MiB (0.0%) | − 0.00 MiB (0.0%) | − 0.00 MiB (0.0%) | ↓ -7.60 MiB (-95.0%) |
 | Computation: time | ↓ -2.00 s (-4.0%) | ↑ +16.00 s (+33.3%) | ↓ -10.00 s (-20.0%) | ↓ -40.00 s (-50.0%) |
 
 Run pairs (off → on):
@@ -165,7 +165,8 @@ TEST(Report, Table2CsvHasEveryFieldAndTheOomRun) {
   const auto csv = lines(table2_csv(read_runs(fixture_dirs())));
   ASSERT_EQ(csv.size(), 11u);  // header + 10 runs with a summary.json ("base" has none)
   EXPECT_EQ(csv[0],
-            "run,folder,grad_accumulation,mixed_precision,lora,peak_mem_mb,grad_checkpoint,status,"
+            "run,folder,grad_accumulation,mixed_precision,lora,peak_mem_mib,peak_mem_mb,"
+            "grad_checkpoint,status,"
             "runtime_s,peak_allocated_training,base_dtype,batch_size,command_line,data,device,dim,"
             "error,git_sha,grad_accum,label_tokens,llt_version,lora_rank,"
             "memory_breakdown.activations,memory_breakdown.gradients,"
@@ -178,7 +179,7 @@ TEST(Report, Table2CsvHasEveryFieldAndTheOomRun) {
   EXPECT_EQ(
       csv[3],
       "none-ga0-mp0-lora0," + kRuns +
-          "/none-ga0-mp0-lora0,off,off,off,1000.000,none,oom,"
+          "/none-ga0-mp0-lora0,off,off,off,1000.000,1000.000,none,oom,"
           "3.2,1048576000,fp32,1,\"llt-finetune --lora-targets wq,wv --grad-checkpoint none\","
           "/tmp/data,cpu,64,host memory cap: allocating 3235968 bytes would exceed the cap,"
           "abc123def456,1,0,0.1.0,0,104857600,4194304,8388608,4194304,104857600,4194304,"
@@ -347,7 +348,7 @@ TEST(Report, OneCellWithTwoRunsShowsBoth) {
   const auto a = copy_run("none-ga0-mp0-lora1", dir / "a");
   const auto b = copy_run("none-ga0-mp0-lora1", dir / "b");
   const auto md = table2_markdown(read_runs({a.string(), b.string()}));
-  EXPECT_NE(md.find("| none | Peak Mem (MB, CPU allocator) | – | 300.0 / 300.0 | – |"),
+  EXPECT_NE(md.find("| none | Peak Mem (MiB, CPU allocator) | – | 300.0 / 300.0 | – |"),
             std::string::npos)
       << md;
   EXPECT_NE(md.find("- **More than one run in a cell** (in this order): none, GA off, MP off, "

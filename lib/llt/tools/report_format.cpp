@@ -19,8 +19,8 @@ std::string signed_fixed(double v, int decimals) {
   return buf.data();
 }
 
-std::string mb(int64_t bytes, int decimals) {
-  return fixed(bytes / kBytesPerMb, decimals);
+std::string mib(int64_t bytes, int decimals) {
+  return fixed(bytes / kBytesPerMib, decimals);
 }
 
 std::string number_or_nan(double v, int decimals) {

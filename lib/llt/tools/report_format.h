@@ -12,15 +12,15 @@
 
 namespace llt::tools::report_format {
 
-// The seed's "MB", as torch.cuda reports are read.
-inline constexpr double kBytesPerMb = 1024.0 * 1024.0;
+// A MiB: 2^20 bytes, what the seed's tables (torch.cuda's reports) call a MB.
+inline constexpr double kBytesPerMib = 1024.0 * 1024.0;
 
 // `v` with `decimals` decimals ("%.*f"); signed_fixed always shows the sign ("%+.*f").
 std::string fixed(double v, int decimals);
 std::string signed_fixed(double v, int decimals);
 
-// Bytes in MB (2^20 bytes) with `decimals` decimals.
-std::string mb(int64_t bytes, int decimals);
+// Bytes in MiB (2^20 bytes) with `decimals` decimals.
+std::string mib(int64_t bytes, int decimals);
 
 // fixed(v, decimals), or "NaN" where `v` is not finite.
 std::string number_or_nan(double v, int decimals);

@@ -8,7 +8,7 @@
 
 namespace llt::tools {
 using report_format::allocator_kind, report_format::checkpoint_groups, report_format::fixed,
-    report_format::grid_column, report_format::grid_label, report_format::mb,
+    report_format::grid_column, report_format::grid_label, report_format::mib,
     report_format::number_or_nan, report_format::Runs, report_format::trained_runs;
 
 namespace {
@@ -74,13 +74,13 @@ void loss_plot(const std::vector<RunRecord>& runs, std::map<std::string, std::st
 void memory_plot(const std::vector<RunRecord>& runs, std::map<std::string, std::string>& files) {
   std::ostringstream dat;
   std::vector<std::string> names;
-  dat << "# memory samples from each run's memory.jsonl (1 MB = 2^20 bytes); one block per run\n";
+  dat << "# memory samples from each run's memory.jsonl (1 MiB = 2^20 bytes); one block per run\n";
   for (const auto& r : runs) {
     if (r.memory.empty()) continue;
     if (!names.empty()) dat << "\n\n";
-    dat << "# run " << r.name << "\n# t_s step allocated_mb rss_mb phase\n";
+    dat << "# run " << r.name << "\n# t_s step allocated_mib rss_mib phase\n";
     for (const auto& m : r.memory) {
-      dat << fixed(m.t, 6) << " " << m.step << " " << mb(m.allocated, 3) << " " << mb(m.rss, 3)
+      dat << fixed(m.t, 6) << " " << m.step << " " << mib(m.allocated, 3) << " " << mib(m.rss, 3)
           << " " << (m.phase.empty() ? "-" : m.phase) << "\n";
     }
     names.push_back(r.name);
@@ -100,9 +100,9 @@ void memory_plot(const std::vector<RunRecord>& runs, std::map<std::string, std::
   gp +=
       "set multiplot layout 2,1 title \"Memory during training (memory.jsonl)\"\n"
       "set key outside right top\nset xlabel \"time since training started (s)\"\n"
-      "set ylabel \"allocated (MB)\"\n";
+      "set ylabel \"allocated (MiB)\"\n";
   gp += plot(3);
-  gp += "set ylabel \"resident set size (MB)\"\n";
+  gp += "set ylabel \"resident set size (MiB)\"\n";
   gp += plot(4);
   gp += "unset multiplot\n";
   files["memory.dat"] = dat.str();
@@ -116,17 +116,17 @@ void table2_plot(const std::vector<RunRecord>& all, std::map<std::string, std::s
   const double width = 0.8 / static_cast<double>(groups.size());
   std::ostringstream dat;
   dat << "# Table 2 as bars: x = column (GA, MP, LoRA) shifted per checkpointing setting;\n"
-         "# peak_allocated_training in MB (2^20 bytes), runtime_s; one block per setting\n";
+         "# peak_allocated_training in MiB (2^20 bytes), runtime_s; one block per setting\n";
   for (size_t g = 0; g < groups.size(); ++g) {
     if (g > 0) dat << "\n\n";
-    dat << "# grad_checkpoint " << groups[g] << "\n# x peak_mb runtime_s status run\n";
+    dat << "# grad_checkpoint " << groups[g] << "\n# x peak_mib runtime_s status run\n";
     const double shift = (static_cast<double>(g) - (groups.size() - 1) / 2.0) * width;
     for (const auto* r : runs) {
       const RunSummary& s = *r->summary;
       if (s.grad_checkpoint != groups[g]) continue;
       std::string name = r->name;
       std::replace(name.begin(), name.end(), '"', '\'');
-      dat << fixed(grid_column(s) + shift, 4) << " " << mb(s.peak_allocated_training, 3) << " "
+      dat << fixed(grid_column(s) + shift, 4) << " " << mib(s.peak_allocated_training, 3) << " "
           << fixed(s.runtime_s, 3) << " " << s.status << " \"" << name << "\"\n";
     }
   }
@@ -160,7 +160,7 @@ void table2_plot(const std::vector<RunRecord>& all, std::map<std::string, std::s
       "set xrange [-0.6:7.6]\nset yrange [0:*]\nset offsets 0,0,graph 0.08,0\nset bmargin 5\nset "
       "key outside right top\n";
   gp += xtics;
-  gp += "set ylabel \"Peak Mem (MB" + (kind.empty() ? "" : ", " + kind) + ")\"\n" + plot(2);
+  gp += "set ylabel \"Peak Mem (MiB" + (kind.empty() ? "" : ", " + kind) + ")\"\n" + plot(2);
   gp += "set ylabel \"Runtime (s)\"\n" + plot(3);
   gp += "unset multiplot\n";
   files["table2.dat"] = dat.str();

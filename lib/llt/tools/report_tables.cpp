@@ -12,7 +12,7 @@
 namespace llt::tools {
 using report_format::allocator_kind, report_format::checkpoint_groups, report_format::field_name,
     report_format::fixed, report_format::grid_column, report_format::grid_label,
-    report_format::is_on, report_format::kBytesPerMb, report_format::kTechniques, report_format::mb,
+    report_format::is_on, report_format::kBytesPerMib, report_format::kTechniques, report_format::mib,
     report_format::number_or_nan, report_format::on_off, report_format::Runs,
     report_format::setting, report_format::signed_fixed, report_format::Technique,
     report_format::title, report_format::trained_runs;
@@ -216,8 +216,8 @@ std::string percent(double off, double on) {
 }
 
 std::string change_cell(const Quantity& q, double off, double on) {
-  const double scale = q.bytes ? kBytesPerMb : 1.0;
-  const std::string unit = q.bytes ? " MB" : " s";
+  const double scale = q.bytes ? kBytesPerMib : 1.0;
+  const std::string unit = q.bytes ? " MiB" : " s";
   const double change = (on - off) / scale;
   const int decimals = q.bytes || std::abs(change) >= 1 ? 2 : 3;  // sub-second runs: ms
   const std::string amount = off == on ? fixed(0, 2) : signed_fixed(change, decimals);
@@ -251,7 +251,7 @@ std::string table2_markdown(const std::vector<RunRecord>& all) {
          : kind == "CUDA allocator" ? "the CUDA caching allocator's peak"
                                     : "llt's counting allocator on CPU runs, the CUDA caching "
                                       "allocator's peak on CUDA runs");
-  md << "), 1 MB = 2^20 bytes; Runtime is `runtime_s`, the training steps' wall time (checkpoint "
+  md << "), 1 MiB = 2^20 bytes; Runtime is `runtime_s`, the training steps' wall time (checkpoint "
         "writing excluded). "
         "× = out of memory (status oom), – = no run; another status is shown by name.\n\n";
   md << "| Grad. Checkpoint | " << title(Technique::kGradAccum) << " |";
@@ -265,7 +265,7 @@ std::string table2_markdown(const std::vector<RunRecord>& all) {
   for (int c = 0; c < 8; ++c) md << " " << on_off(c & 1) << " |";
   md << "\n";
   const auto cells = grid_cells(runs);
-  const std::string peak_label = "Peak Mem (MB" + (kind.empty() ? "" : ", " + kind) + ")";
+  const std::string peak_label = "Peak Mem (MiB" + (kind.empty() ? "" : ", " + kind) + ")";
   std::vector<std::string> crowded;
   for (const auto& group : checkpoint_groups(runs)) {
     auto row = [&](const std::string& label,
@@ -277,7 +277,7 @@ std::string table2_markdown(const std::vector<RunRecord>& all) {
       }
       md << "\n";
     };
-    row(peak_label, [](const RunSummary& s) { return mb(s.peak_allocated_training, 1); });
+    row(peak_label, [](const RunSummary& s) { return mib(s.peak_allocated_training, 1); });
     // Short runs (the tiny model on CPU) need the second decimal.
     row("Runtime (s)",
         [](const RunSummary& s) { return fixed(s.runtime_s, s.runtime_s < 10 ? 2 : 1); });
@@ -328,8 +328,9 @@ std::string table2_csv(const std::vector<RunRecord>& all) {
     for (const auto& [key, value] : r->fields) rest.insert(key);
   }
   for (const auto& key : leading) rest.erase(key);
-  std::vector<std::string> header = {"run",  "folder",     "grad_accumulation", "mixed_precision",
-                                     "lora", "peak_mem_mb"};
+  // peak_mem_mb: the deprecated name of peak_mem_mib (the same number), kept for old scripts.
+  std::vector<std::string> header = {"run",  "folder",       "grad_accumulation", "mixed_precision",
+                                     "lora", "peak_mem_mib", "peak_mem_mb"};
   header.insert(header.end(), leading.begin(), leading.end());
   header.insert(header.end(), rest.begin(), rest.end());
   std::string csv = csv_row(header);
@@ -340,8 +341,9 @@ std::string table2_csv(const std::vector<RunRecord>& all) {
                                     on_off(is_on(Technique::kGradAccum, s)),
                                     on_off(is_on(Technique::kMixedPrecision, s)),
                                     on_off(is_on(Technique::kLora, s)),
-                                    mb(s.peak_allocated_training, 3)};
-    for (size_t i = 6; i < header.size(); ++i) {
+                                    mib(s.peak_allocated_training, 3),
+                                    mib(s.peak_allocated_training, 3)};
+    for (size_t i = row.size(); i < header.size(); ++i) {
       const auto it = r->fields.find(header[i]);
       row.push_back(it == r->fields.end() ? "" : it->second);
     }
@@ -356,7 +358,7 @@ std::string table1_markdown(const std::vector<RunRecord>& all) {
   md << "# Table 1: System performance analysis (measured)\n\n"
         "What turning each technique on changes, measured between two runs that differ only in "
         "that technique (same device, model, samples, batch size, base dtype and other "
-        "settings; both status ok). Memory is `memory_breakdown` from summary.json (1 MB = 2^20 "
+        "settings; both status ok). Memory is `memory_breakdown` from summary.json (1 MiB = 2^20 "
         "bytes), time is `runtime_s`. ↑ more, ↓ less, − within 1% of the run without the "
         "technique; then the change (on − off) and its percentage.\n\n";
   std::vector<std::vector<Pair>> pairs;
