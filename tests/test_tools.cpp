@@ -197,15 +197,24 @@ TEST(Names, EachEnumHasOneNamePerValue) {
   EXPECT_EQ(llt::name_of(true), "on");
 }
 
+// Tokenizes 4 samples into `dir`/data; returns llt-finetune's command line for one step on them,
+// up to its --output (empty if tokenizing failed).
+std::string one_step_finetune(const fs::path& dir) {
+  const std::string data = (dir / "data").string();
+  if (run("llt-tokenize --tokenizer " + kStories + "/tok512.model --output " + data +
+          " --first 4 --max-len 320 --threads 1").code != 0) {
+    return "";
+  }
+  return "llt-finetune --model " + kStories + "/stories260K.bin --data " + data +
+         " --threads 1 --max-steps 1 --output ";
+}
+
 // --memory-cap-gb (x 1e9 bytes) is a deprecated alias: it warns, converts to GiB, and the
 // resolved config holds only --memory-cap-gib.
 TEST(LltFinetune, DeprecatedMemoryCapGbConvertsToGib) {
   const auto dir = fresh_dir("cap_gb");
-  const std::string data = (dir / "data").string();
-  ASSERT_EQ(run("llt-tokenize --tokenizer " + kStories + "/tok512.model --output " + data +
-                " --first 4 --max-len 320 --threads 1").code, 0);
-  const std::string base = "llt-finetune --model " + kStories + "/stories260K.bin --data " + data +
-                           " --threads 1 --max-steps 1 --output ";
+  const std::string base = one_step_finetune(dir);
+  ASSERT_FALSE(base.empty());
   const std::string run_dir = (dir / "run").string();
   const auto r = run(base + run_dir + " --memory-cap-gb 1e-6");  // 1 kB: out of memory
   EXPECT_EQ(r.code, 3) << r.output;
@@ -225,11 +234,8 @@ TEST(LltFinetune, DeprecatedMemoryCapGbConvertsToGib) {
 // warns, and the resolved config holds only the new name, with the same number.
 TEST(LltFinetune, DeprecatedDistBucketMbIsMib) {
   const auto dir = fresh_dir("bucket_mb");
-  const std::string data = (dir / "data").string();
-  ASSERT_EQ(run("llt-tokenize --tokenizer " + kStories + "/tok512.model --output " + data +
-                " --first 4 --max-len 320 --threads 1").code, 0);
-  const std::string base = "llt-finetune --model " + kStories + "/stories260K.bin --data " + data +
-                           " --threads 1 --max-steps 1 --output ";
+  const std::string base = one_step_finetune(dir);
+  ASSERT_FALSE(base.empty());
   const std::string run_dir = (dir / "run").string();
   const auto r = run(base + run_dir + " --dist-bucket-mb 40");
   EXPECT_EQ(r.code, 0) << r.output;
