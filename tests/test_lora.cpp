@@ -13,10 +13,10 @@
 #include <nlohmann/json.hpp>
 #include <unistd.h>
 
-#include "llt/checkpoint.h"
 #include "llt/errors.h"
 #include "llt/lora.h"
 #include "llt/safetensors.h"
+#include "llt/weights.h"
 
 namespace llt {
 namespace {

@@ -4,7 +4,7 @@
 // causal mask and argument validation.
 //
 // The fixtures are read with torch::jit::pickle_load (torch.save zip files), deliberately not
-// with llt's own checkpoint loaders, and copied into the parameters by Meta name.
+// with llt's own weights loaders, and copied into the parameters by Meta name.
 #include <cmath>
 #include <complex>
 #include <fstream>

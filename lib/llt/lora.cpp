@@ -9,10 +9,10 @@
 #include <nlohmann/json.hpp>
 #include <torch/nn/init.h>
 
-#include "llt/checkpoint.h"
 #include "llt/errors.h"
 #include "llt/io.h"
 #include "llt/safetensors.h"
+#include "llt/weight_names.h"
 
 namespace llt {
 namespace {
@@ -84,7 +84,8 @@ class SharedWeightLinearImpl : public LinearImpl {
   }
 };
 
-// "layers.3.attention.wq" -> "model.layers.3.self_attn.q_proj", through checkpoint's name table.
+// "layers.3.attention.wq" -> "model.layers.3.self_attn.q_proj", through the one name table
+// (lib/llt/weight_names).
 std::string hf_module_path(const std::string& meta_path) {
   const auto hf = meta_to_hf_name(meta_path + ".weight");
   const std::string suffix = ".weight";

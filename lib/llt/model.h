@@ -164,7 +164,7 @@ TORCH_MODULE(TransformerBlock);
 class TransformerImpl : public torch::nn::Module {
  public:
   // Parameters are allocated uninitialised with `options` (device, dtype); fill them with a
-  // loader (lib/llt/checkpoint) or init_random().
+  // loader (lib/llt/weights) or init_random().
   TransformerImpl(const ModelArgs& args, const torch::TensorOptions& options);
 
   // tokens (B, T) int64 -> logits (B, T, V) in the parameters' dtype. Without a cache the whole

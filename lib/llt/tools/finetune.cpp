@@ -21,7 +21,7 @@
 
 #include "llt/amp.h"
 #include "llt/attention.h"
-#include "llt/checkpoint.h"
+#include "llt/weights.h"
 #include "llt/dataset.h"
 #include "llt/distributed.h"
 #include "llt/errors.h"
