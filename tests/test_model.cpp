@@ -1,7 +1,7 @@
 // The model against an independent reference: logits of tiny random models computed by
 // data_prep/llama_reference.py (fixtures in tests/assets/model/, see its README), the KV-cache
-// path, Meta's FFN-size rule, parameter counts, RoPE against the complex-number formula, the
-// causal mask and argument validation.
+// path, Meta's FFN-size rule, parameter counts, RoPE against the complex-number formula and
+// argument validation.
 //
 // The fixtures are read with torch::jit::pickle_load (torch.save zip files), deliberately not
 // with llt's own weights loaders, and copied into the parameters by Meta name.
@@ -9,7 +9,6 @@
 #include <complex>
 #include <fstream>
 #include <iterator>
-#include <limits>
 #include <map>
 #include <set>
 #include <string>
@@ -273,25 +272,6 @@ TEST(Rope, KeepsDtypeAndRejectsPositionsBeyondTheTables) {
   const auto x = at::randn({1, 2, 1, 4}).to(at::kBFloat16);
   EXPECT_EQ(apply_rope(x, rope, 2).scalar_type(), at::kBFloat16);
   EXPECT_ANY_THROW(apply_rope(x, rope, 3));
-}
-
-TEST(CausalMask, ShapeAndValues) {
-  const int64_t t = 3, start = 2;
-  const auto mask = causal_mask(t, start, at::kCPU);
-  ASSERT_EQ(mask.sizes(), (std::vector<int64_t>{t, start + t}));
-  EXPECT_EQ(mask.scalar_type(), at::kFloat);
-  const auto m = mask.accessor<float, 2>();
-  for (int64_t i = 0; i < t; ++i) {
-    for (int64_t j = 0; j < start + t; ++j) {
-      if (j <= start + i) {
-        EXPECT_EQ(m[i][j], 0.0f) << i << " " << j;
-      } else {
-        EXPECT_EQ(m[i][j], -std::numeric_limits<float>::infinity()) << i << " " << j;
-      }
-    }
-  }
-  const auto square = causal_mask(4, 0, at::kCPU);
-  EXPECT_TRUE(at::equal(square.isinf(), at::ones({4, 4}, at::kBool).triu(1)));
 }
 
 }  // namespace

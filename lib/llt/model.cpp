@@ -1,7 +1,6 @@
 #include "llt/model.h"
 
 #include <cmath>
-#include <limits>
 #include <optional>
 
 #include <ATen/ATen.h>
@@ -208,13 +207,6 @@ torch::Tensor apply_rope(const torch::Tensor& x, const RopeTables& rope, int64_t
   const auto swapped = xf.unflatten(/*dim=*/-1, {hd / 2, 2}).flip(-1).flatten(/*start_dim=*/-2);
   const auto out = at::addcmul(xf * cos, swapped, sin);
   return x.scalar_type() == torch::kFloat ? out : out.to(x.scalar_type());
-}
-
-torch::Tensor causal_mask(int64_t t, int64_t start, const torch::Device& device) {
-  const auto opts = torch::TensorOptions().dtype(torch::kFloat).device(device);
-  // Query i (position start+i) may attend to keys j <= start+i.
-  return torch::full({t, start + t}, -std::numeric_limits<float>::infinity(), opts)
-      .triu(/*diagonal=*/start + 1);
 }
 
 // ---------------------------------------------------------------------------------------------

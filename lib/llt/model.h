@@ -200,8 +200,4 @@ class TransformerImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Transformer);
 
-// Causal mask for T new queries at positions [start, start+T) over S = start+T keys: 0 where a
-// query may attend, -inf elsewhere; (T, S) fp32.
-torch::Tensor causal_mask(int64_t t, int64_t start, const torch::Device& device);
-
 }  // namespace llt
