@@ -34,6 +34,7 @@
 #include "llt/version.h"
 #include "llt/optim.h"
 #include "llt/memory.h"
+#include "llt/memory_estimate.h"
 
 namespace llt::tools {
 namespace fs = std::filesystem;
@@ -679,7 +680,7 @@ void write_summary(const Run& r, const FinetuneToolOptions& o, const TrainState&
         {"activations", state.activations},
         {"step_transient",
          std::max<int64_t>(0, monitor.training_peak_allocated() - static_bytes)}}},
-      // Analytic estimate for the same configuration (lib/llt/memory), to compare with the above.
+      // Analytic estimate for the same configuration (lib/llt/memory_estimate), to compare.
       {"memory_estimate", breakdown_json(estimate_run_memory(r, o))},
       {"model", o.model.model},
       {"data", o.data},
