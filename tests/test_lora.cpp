@@ -15,8 +15,8 @@
 
 #include "llt/errors.h"
 #include "llt/lora.h"
+#include "llt/model.h"
 #include "llt/safetensors.h"
-#include "llt/weights.h"
 
 namespace llt {
 namespace {

@@ -198,6 +198,33 @@ TEST(ModelArgs, NumParametersOfPresets) {
   EXPECT_EQ(preset_args("llama2_13b").num_parameters(), 13015864320LL);
 }
 
+// The shapes derived from the args are the ones the built model has: GQA, tied embeddings, an
+// explicit FFN size and Meta's rule with a multiplier.
+TEST(ModelArgs, ParameterShapesMatchTheModel) {
+  std::vector<ModelArgs> cases(4, preset_args("tiny"));
+  cases[1].tie_embeddings = true;
+  cases[2].hidden_dim = 40;
+  cases[2].n_kv_heads = 2;
+  cases[3].ffn_dim_multiplier = 0.5;
+  for (const auto& args : cases) {
+    const Transformer model(args, at::TensorOptions().dtype(at::kFloat));
+    std::map<std::string, std::vector<int64_t>> built;
+    int64_t count = 0;
+    for (const auto& item : model->named_parameters()) {
+      built[item.key()] = item.value().sizes().vec();
+      count += item.value().numel();
+    }
+    std::map<std::string, std::vector<int64_t>> computed;
+    for (const auto& [name, shape] : parameter_shapes(args)) computed[name] = shape;
+    EXPECT_EQ(built, computed);
+    EXPECT_EQ(args.num_parameters(), count);
+    const auto wk = block_linear_shape(args, "wk");
+    EXPECT_EQ(built.at("layers.1.attention.wk.weight"),
+              (std::vector<int64_t>{wk.first, wk.second}));
+  }
+  EXPECT_THROW(block_linear_shape(cases[0], "wz"), RuntimeError);
+}
+
 TEST(ModelArgs, InvalidArgsThrowInputError) {
   auto expect_bad = [](ModelArgs a, const char* what) {
     EXPECT_THROW(a.validate("test"), InputError) << what;

@@ -364,20 +364,6 @@ TEST(Weights, NameTableMapsBothWaysWithSuffixes) {
   EXPECT_FALSE(llt::is_known_non_weight("model.layers.12.self_attn.q_proj.weight"));
 }
 
-TEST(Weights, ParameterShapesMatchTheModel) {
-  for (const bool tied : {false, true}) {
-    llt::ModelArgs args = llt::read_model_args(kAssets / "meta_fp32");
-    args.tie_embeddings = tied;
-    const llt::Transformer model(args, at::TensorOptions().dtype(at::kFloat));
-    std::map<std::string, std::vector<int64_t>> built;
-    for (const auto& item : model->named_parameters())
-      built[item.key()] = item.value().sizes().vec();
-    std::map<std::string, std::vector<int64_t>> computed;
-    for (const auto& [name, shape] : llt::parameter_shapes(args)) computed[name] = shape;
-    EXPECT_EQ(built, computed);
-  }
-}
-
 TEST(Weights, Real7bHfConfigAndIndexMatchThe7bPreset) {
   const fs::path dir = kAssets / "llama-2-7b-hf";  // copied from meta-llama/Llama-2-7b-hf
   const llt::ModelArgs args = llt::read_model_args(dir);

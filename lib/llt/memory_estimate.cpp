@@ -1,6 +1,10 @@
 #include "llt/memory_estimate.h"
 
+#include <algorithm>
+#include <initializer_list>
 #include <string>
+
+#include <c10/util/accumulate.h>
 
 #include "llt/errors.h"
 #include "llt/lora.h"
@@ -82,16 +86,28 @@ int64_t dtype_bytes(c10::ScalarType t) {
 // Elements of the largest trainable parameter: an adapter matrix for LoRA, else the largest
 // weight (the embedding table or output projection, an FFN or an attention matrix).
 int64_t largest_trainable_parameter(const ModelArgs& args, const LoraOptions& lora) {
-  const int64_t d = args.dim, kvd = args.kv_heads() * args.head_dim(), f = args.ffn_hidden();
-  if (lora.rank == 0) return std::max({args.vocab_size * d, f * d, d * d, kvd * d});
   int64_t largest = 0;
-  for (const auto& name : lora.targets) {
-    const bool kv = name == "wk" || name == "wv";
-    const bool ffn = name == "w1" || name == "w2" || name == "w3";
-    const int64_t other = kv ? kvd : ffn ? f : d;  // the side that is not dim
-    largest = std::max(largest, lora.rank * std::max(d, other));
+  if (lora.rank == 0) {
+    for (const auto& [name, shape] : parameter_shapes(args)) {
+      largest = std::max(largest, c10::multiply_integers(shape));
+    }
+    return largest;
+  }
+  for (const auto& name : lora.targets) {  // A (r, in) and B (out, r)
+    const auto [out, in] = block_linear_shape(args, name);
+    largest = std::max(largest, lora.rank * std::max(out, in));
   }
   return largest;
+}
+
+// Elements of the block's linear maps `names` (weights a cast copies under autocast).
+double linear_elements(const ModelArgs& args, std::initializer_list<const char*> names) {
+  int64_t elements = 0;
+  for (const char* name : names) {
+    const auto [out, in] = block_linear_shape(args, name);
+    elements += out * in;
+  }
+  return static_cast<double>(elements);
 }
 
 }  // namespace
@@ -137,8 +153,8 @@ MemoryBreakdown estimate_training_memory(const ModelArgs& args, const MemoryEsti
   // in backward. Measured on the 7B shape: 659 MB of 661 MB activations for bf16 LoRA, fp32 base.
   const c10::ScalarType compute = o.precision == Dtype::kFp16 ? c10::kHalf : c10::kBFloat16;
   const bool casts = s.autocast && (full || o.base_dtype != compute);
-  const double attention_w = casts ? (2 * s.d * s.d + 2 * s.d * s.kvd) * s.c : 0;
-  const double ffn_w = casts ? 3 * s.d * s.f * s.c : 0;
+  const double attention_w = casts ? linear_elements(args, {"wq", "wk", "wv", "wo"}) * s.c : 0;
+  const double ffn_w = casts ? linear_elements(args, {"w1", "w2", "w3"}) * s.c : 0;
   double blocks = 0;
   for (int64_t i = 0; i < args.n_layers; ++i) {
     const bool whole =
@@ -156,7 +172,8 @@ MemoryBreakdown estimate_training_memory(const ModelArgs& args, const MemoryEsti
   // gradient, and neither does attention_norm's output, so that norm saves nothing, wq/wk/wv
   // keep no cast weight copy, and their adapters' dropout keeps no mask (only the dropped input,
   // for A's gradient).
-  double first_block_spared = norm_bytes(s) + (casts ? (s.d * s.d + 2 * s.d * s.kvd) * s.c : 0);
+  double first_block_spared =
+      norm_bytes(s) + (casts ? linear_elements(args, {"wq", "wk", "wv"}) * s.c : 0);
   for (const auto& t : o.lora.targets) {
     const bool reads_norm = t == "wq" || t == "wk" || t == "wv";
     if (o.lora.dropout > 0 && reads_norm) first_block_spared += s.n * s.d * 4;

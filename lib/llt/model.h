@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <torch/nn/module.h>
@@ -48,6 +49,18 @@ struct ModelArgs {
 // Throws InputError on an unknown name.
 ModelArgs preset_args(const std::string& name);
 std::vector<std::string> preset_names();
+
+// Weight shapes, derived here once from the args (the model, the weights loader, LoRA and the
+// memory estimate use them). (out, in) of the linear map `name` of a block: "wq", "wk", "wv",
+// "wo" (attention), "w1", "w2", "w3" (feed-forward); RuntimeError on another name.
+std::pair<int64_t, int64_t> block_linear_shape(const ModelArgs& args, const std::string& name);
+// One block's parameters, named under "layers.N." ("attention.wq.weight"), with their shapes, in
+// the order TransformerBlock registers them.
+std::vector<std::pair<std::string, std::vector<int64_t>>> block_parameter_shapes(
+    const ModelArgs& args);
+// Parameter names and shapes of the model `args` describes, as Transformer registers them,
+// computed without building it.
+std::vector<std::pair<std::string, std::vector<int64_t>>> parameter_shapes(const ModelArgs& args);
 
 // A linear map without bias, y = x W^T, weight (out, in) under the name "weight". Parameters are
 // allocated uninitialised on the target device/dtype: loaders fill them, init_random() for tests.

@@ -439,8 +439,6 @@ OpenWeights open_llama2c(const fs::path& path) {
   const Llama2cHeader h = llama2c_header_or_throw(*file);
   OpenWeights stored{llama2c_args(h), path.string(), {}, [](const std::string& n) { return n; }};
   const ModelArgs& a = stored.args;
-  const int64_t kv_dim = a.kv_heads() * a.head_dim();
-  const int64_t f = a.ffn_hidden();
 
   uint64_t offset = sizeof(Llama2cHeader);  // bytes
   auto take = [&](const std::string& name, std::vector<int64_t> shape) {
@@ -456,17 +454,15 @@ OpenWeights open_llama2c(const fs::path& path) {
     };
     stored.add(name, std::move(source));
   };
-  const std::pair<const char*, std::vector<int64_t>> kinds[] = {
-      {"attention_norm.weight", {a.dim}},       {"attention.wq.weight", {a.dim, a.dim}},
-      {"attention.wk.weight", {kv_dim, a.dim}}, {"attention.wv.weight", {kv_dim, a.dim}},
-      {"attention.wo.weight", {a.dim, a.dim}},  {"ffn_norm.weight", {a.dim}},
-      {"feed_forward.w1.weight", {f, a.dim}},   {"feed_forward.w2.weight", {a.dim, f}},
-      {"feed_forward.w3.weight", {f, a.dim}},
-  };
+  const auto block_shapes = block_parameter_shapes(a);
+  const std::map<std::string, std::vector<int64_t>> block(block_shapes.begin(), block_shapes.end());
   take("tok_embeddings.weight", {a.vocab_size, a.dim});
-  for (const auto& [kind, shape] : kinds) {
+  for (const char* kind :
+       {"attention_norm.weight", "attention.wq.weight", "attention.wk.weight",
+        "attention.wv.weight", "attention.wo.weight", "ffn_norm.weight", "feed_forward.w1.weight",
+        "feed_forward.w2.weight", "feed_forward.w3.weight"}) {  // run.c's order
     for (int64_t i = 0; i < a.n_layers; ++i) {
-      take("layers." + std::to_string(i) + "." + kind, shape);
+      take("layers." + std::to_string(i) + "." + kind, block.at(kind));
     }
   }
   take("norm.weight", {a.dim});
@@ -511,28 +507,6 @@ OpenWeights open_weights(const fs::path& path, WeightsFormat format) {
 
 // ---------------------------------------------------------------------------------------------
 // Public API
-
-std::vector<std::pair<std::string, std::vector<int64_t>>> parameter_shapes(const ModelArgs& args) {
-  const int64_t d = args.dim, hd = args.head_dim(), f = args.ffn_hidden();
-  const int64_t q = args.n_heads * hd, kv = args.kv_heads() * hd;
-  std::vector<std::pair<std::string, std::vector<int64_t>>> shapes;
-  shapes.push_back({"tok_embeddings.weight", {args.vocab_size, d}});
-  for (int64_t i = 0; i < args.n_layers; ++i) {
-    const std::string p = "layers." + std::to_string(i) + ".";
-    shapes.push_back({p + "attention.wq.weight", {q, d}});
-    shapes.push_back({p + "attention.wk.weight", {kv, d}});
-    shapes.push_back({p + "attention.wv.weight", {kv, d}});
-    shapes.push_back({p + "attention.wo.weight", {d, q}});
-    shapes.push_back({p + "feed_forward.w1.weight", {f, d}});
-    shapes.push_back({p + "feed_forward.w2.weight", {d, f}});
-    shapes.push_back({p + "feed_forward.w3.weight", {f, d}});
-    shapes.push_back({p + "attention_norm.weight", {d}});
-    shapes.push_back({p + "ffn_norm.weight", {d}});
-  }
-  shapes.push_back({"norm.weight", {d}});
-  if (!args.tie_embeddings) shapes.push_back({"output.weight", {args.vocab_size, d}});
-  return shapes;
-}
 
 std::string format_name(WeightsFormat format) {
   switch (format) {

@@ -13,8 +13,6 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
-#include <utility>
-#include <vector>
 
 #include <c10/core/Device.h>
 #include <c10/core/ScalarType.h>
@@ -60,9 +58,5 @@ LoadedModel load_model(const std::filesystem::path& path, const LoadOptions& opt
 
 // "meta", "huggingface", "llama2c".
 std::string format_name(WeightsFormat format);
-
-// Parameter names and shapes of the model `args` describes, as Transformer registers them,
-// computed without building it.
-std::vector<std::pair<std::string, std::vector<int64_t>>> parameter_shapes(const ModelArgs& args);
 
 }  // namespace llt
