@@ -16,8 +16,8 @@
 #include <caffe2/serialize/inline_container.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
-#include <unistd.h>
 
+#include "test_support.h"
 #include "llt/errors.h"
 #include "llt/pth.h"
 #include "llt/safetensors.h"
@@ -31,30 +31,20 @@ namespace {
 
 const fs::path kAssets = fs::path(LLT_TEST_ASSETS) / "checkpoints";
 
-// A fresh directory under the system temp dir, removed at the end of the test.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    const auto* test = ::testing::UnitTest::GetInstance()->current_test_info();
-    path = fs::temp_directory_path() /
-           ("llt_weights_" + std::string(test->name()) + "_" + std::to_string(::getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  // A copy of the fixture `name` (file or directory) inside this directory.
-  fs::path copy(const std::string& name, const std::string& as = "") const {
-    const fs::path target = path / (as.empty() ? name : as);
-    fs::copy(kAssets / name, target, fs::copy_options::recursive);
-    fs::permissions(target, fs::perms::owner_write, fs::perm_options::add);
-    if (fs::is_directory(target)) {
-      for (const auto& e : fs::directory_iterator(target)) {
-        fs::permissions(e.path(), fs::perms::owner_write, fs::perm_options::add);
-      }
+using llt::testing::TempDir;
+
+// A copy of the fixture `name` (file or directory) inside `dir`, writable.
+fs::path copy_fixture(const TempDir& dir, const std::string& name, const std::string& as = "") {
+  const fs::path target = dir.path / (as.empty() ? name : as);
+  fs::copy(kAssets / name, target, fs::copy_options::recursive);
+  fs::permissions(target, fs::perms::owner_write, fs::perm_options::add);
+  if (fs::is_directory(target)) {
+    for (const auto& e : fs::directory_iterator(target)) {
+      fs::permissions(e.path(), fs::perms::owner_write, fs::perm_options::add);
     }
-    return target;
   }
-};
+  return target;
+}
 
 template <class F>
 std::string input_error(F f) {
@@ -242,14 +232,14 @@ TEST(Weights, DetectsFromContentNotNames) {
     expect_reference_weights(load(sub / misleading), at::kFloat);
   }
   // A Meta shard named like a llama2.c file, given as a file.
-  const fs::path meta = dir.copy("meta_fp32");
+  const fs::path meta = copy_fixture(dir, "meta_fp32");
   fs::rename(meta / "consolidated.00.pth", meta / "weights.bin");
   EXPECT_EQ(llt::detect_format(meta / "weights.bin"), WeightsFormat::kMeta);
   // HF weights whose names swap safetensors and torch.save: each is read by its content.
-  const fs::path st_as_bin = dir.copy("hf_fp32", "st_as_bin");
+  const fs::path st_as_bin = copy_fixture(dir, "hf_fp32", "st_as_bin");
   fs::rename(st_as_bin / "model.safetensors", st_as_bin / "pytorch_model.bin");
   expect_reference_weights(load(st_as_bin), at::kFloat);
-  const fs::path bin_as_st = dir.copy("hf_bin_fp16", "bin_as_st");
+  const fs::path bin_as_st = copy_fixture(dir, "hf_bin_fp16", "bin_as_st");
   fs::rename(bin_as_st / "pytorch_model.bin", bin_as_st / "model.safetensors");
   expect_reference_weights(load(bin_as_st), at::kHalf);
   // Not model weights at all.
@@ -280,7 +270,7 @@ TEST(Weights, NLayersOneNeverReadsLayerOneMeta) {
 
 TEST(Weights, NLayersOneNeverReadsLayerOneHuggingFace) {
   TempDir dir;
-  const fs::path hf = dir.copy("hf_fp32");
+  const fs::path hf = copy_fixture(dir, "hf_fp32");
   const fs::path weights = hf / "model.safetensors";
   {  // Overwrite every layer-1 tensor's bytes with 0xff (NaN in fp32).
     llt::SafetensorsFile file(weights);
@@ -401,7 +391,7 @@ TEST(Weights, Real7bHfConfigAndIndexMatchThe7bPreset) {
 
 TEST(Weights, MetaParamsWithoutNKvHeadsMeansNHeads) {
   TempDir dir;
-  const fs::path meta = dir.copy("meta_fp32");
+  const fs::path meta = copy_fixture(dir, "meta_fp32");
   std::ofstream(meta / "params.json", std::ios::trunc)
       << R"({"dim": 32, "multiple_of": 16, "ffn_dim_multiplier": 0.5, "n_heads": 4,)"
       << R"( "n_layers": 2, "norm_eps": 1e-05, "vocab_size": -1})";
@@ -485,25 +475,25 @@ TEST(Weights, MissingUnexpectedAndMisshapedTensorsNameFileKeyAndShapes) {
 TEST(Weights, MetaShardProblemsAreInputErrors) {
   TempDir dir;
   // One shard of two gone: the remaining halves do not fit the model.
-  const fs::path half = dir.copy("meta_bf16_2shards", "half");
+  const fs::path half = copy_fixture(dir, "meta_bf16_2shards", "half");
   fs::remove(half / "consolidated.01.pth");
   std::string error = input_error([&] { load(half); });
   EXPECT_TRUE(contains(error, "consolidated.00.pth")) << error;
   EXPECT_TRUE(contains(error, "'tok_embeddings.weight' has shape [64, 16]")) << error;  // dim 1
   EXPECT_TRUE(contains(error, "expected [64, 32]")) << error;
   // A gap in the numbering.
-  const fs::path gap = dir.copy("meta_bf16_2shards", "gap");
+  const fs::path gap = copy_fixture(dir, "meta_bf16_2shards", "gap");
   fs::rename(gap / "consolidated.01.pth", gap / "consolidated.02.pth");
   EXPECT_TRUE(contains(input_error([&] { load(gap); }), "consolidated.02.pth"));
   // Shards of different models.
-  const fs::path mixed = dir.copy("meta_bf16_2shards", "mixed");
+  const fs::path mixed = copy_fixture(dir, "meta_bf16_2shards", "mixed");
   fs::copy_file(kAssets / "meta_bf16" / "consolidated.00.pth", mixed / "consolidated.01.pth",
                 fs::copy_options::overwrite_existing);
   error = input_error([&] { load(mixed); });
   EXPECT_TRUE(contains(error, "consolidated.00.pth (+1 more shard)")) << error;
   EXPECT_TRUE(contains(error, "[64, 48]")) << error;  // 16 + 32 columns
   // No shard at all.
-  const fs::path none = dir.copy("meta_bf16", "none");
+  const fs::path none = copy_fixture(dir, "meta_bf16", "none");
   fs::remove(none / "consolidated.00.pth");
   EXPECT_TRUE(contains(input_error([&] { load(none); }), "no consolidated.NN.pth"));
 }
@@ -526,7 +516,7 @@ TEST(Weights, TruncatedFilesAreInputErrorsNamingTheFile) {
     const uint64_t size = fs::file_size(original);
     for (const uint64_t keep : {uint64_t{40}, size / 3, size / 2, size - 10, size - 1}) {
       SCOPED_TRACE(c.fixture + " kept " + std::to_string(keep) + " of " + std::to_string(size));
-      const fs::path copy = dir.copy(c.fixture, c.fixture + "_" + std::to_string(keep));
+      const fs::path copy = copy_fixture(dir, c.fixture, c.fixture + "_" + std::to_string(keep));
       const fs::path damaged = c.file.empty() ? copy : copy / c.file;
       fs::resize_file(damaged, keep);
       const std::string error = input_error([&] { load(copy); });
@@ -537,13 +527,13 @@ TEST(Weights, TruncatedFilesAreInputErrorsNamingTheFile) {
 
 TEST(Weights, CorruptConfigurationFilesAreInputErrors) {
   TempDir dir;
-  const fs::path meta = dir.copy("meta_bf16");
+  const fs::path meta = copy_fixture(dir, "meta_bf16");
   std::ofstream(meta / "params.json", std::ios::trunc) << R"({"dim": 32, "n_layers": )";
   EXPECT_TRUE(contains(input_error([&] { load(meta); }), "params.json: not valid JSON"));
   std::ofstream(meta / "params.json", std::ios::trunc) << R"({"dim": "32", "n_layers": 2})";
   EXPECT_TRUE(contains(input_error([&] { load(meta); }), "field 'dim' must be an integer"));
 
-  const fs::path hf = dir.copy("hf_fp16");
+  const fs::path hf = copy_fixture(dir, "hf_fp16");
   std::ofstream(hf / "config.json", std::ios::trunc) << "{";
   EXPECT_TRUE(contains(input_error([&] { load(hf); }), "config.json: not valid JSON"));
   fs::copy_file(kAssets / "hf_fp16" / "config.json", hf / "config.json",
@@ -554,7 +544,7 @@ TEST(Weights, CorruptConfigurationFilesAreInputErrors) {
       << R"({"weight_map": {"model.norm.weight": "gone.safetensors"}})";
   EXPECT_TRUE(contains(input_error([&] { load(hf); }), "gone.safetensors"));
 
-  const fs::path scaled = dir.copy("hf_fp32", "scaled");
+  const fs::path scaled = copy_fixture(dir, "hf_fp32", "scaled");
   std::ifstream in(scaled / "config.json");
   auto config = nlohmann::json::parse(in);
   config["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}};
@@ -565,7 +555,7 @@ TEST(Weights, CorruptConfigurationFilesAreInputErrors) {
 TEST(Weights, CorruptPthAndLlama2cFilesAreInputErrors) {
   TempDir dir;
   // Damage the pickle inside the zip: the callable's name no longer reads "_rebuild_tensor_v2".
-  const fs::path meta = dir.copy("meta_fp32");
+  const fs::path meta = copy_fixture(dir, "meta_fp32");
   const fs::path shard = meta / "consolidated.00.pth";
   {
     std::fstream f(shard, std::ios::in | std::ios::out | std::ios::binary);
@@ -578,13 +568,13 @@ TEST(Weights, CorruptPthAndLlama2cFilesAreInputErrors) {
   EXPECT_TRUE(contains(input_error([&] { load(meta); }), shard.string()));
 
   // Not a zip past its first bytes.
-  const fs::path junk = dir.copy("meta_bf16", "junk");
+  const fs::path junk = copy_fixture(dir, "meta_bf16", "junk");
   std::ofstream(junk / "consolidated.00.pth", std::ios::trunc | std::ios::binary)
       << std::string("PK\x03\x04", 4) << std::string(500, 'x');
   EXPECT_TRUE(contains(input_error([&] { load(junk); }), "consolidated.00.pth"));
 
   // llama2.c: a header that no longer matches the size, and a version-1 export.
-  const fs::path bin = dir.copy("llama2c.bin");
+  const fs::path bin = copy_fixture(dir, "llama2c.bin");
   {
     std::fstream f(bin, std::ios::in | std::ios::out | std::ios::binary);
     const int32_t layers = 3;
