@@ -11,10 +11,10 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
-#include "llt/checkpoint.h"
 #include "llt/errors.h"
 #include "llt/generate.h"
 #include "llt/runtime.h"
+#include "llt/weights.h"
 
 namespace {
 

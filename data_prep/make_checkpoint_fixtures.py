@@ -43,7 +43,7 @@ OUTPUTS = ["reference.safetensors", "meta_bf16", "meta_bf16_2shards", "meta_fp32
            "meta_bf16_no_layer1", "hf_fp16", "hf_fp32", "hf_bin_fp16", "llama2c.bin",
            "llama2c_tied.bin"]
 
-# Meta name -> HF name (the same table as lib/llt/checkpoint.cpp, written out independently).
+# Meta name -> HF name (the same table as lib/llt/weight_names.cpp, written out independently).
 HF_TOP = {"tok_embeddings.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
           "output.weight": "lm_head.weight"}
 HF_LAYER = {"attention.wq.weight": "self_attn.q_proj.weight",

@@ -1,11 +1,13 @@
 // The fused CPU attention kernel against the reference formulation evaluated in fp64 by ATen's
 // autograd (matmul, mask, softmax, matmul): outputs, log-sum-exp and the gradients of q, k, v,
 // for grouped-query heads, head sizes off the 16-key blocking, KV-cache continuations (S > T),
-// single-token decoding, extreme scores and bf16 inputs; and that the kernel is deterministic
-// whatever the thread count.
+// single-token decoding, extreme scores and bf16 inputs; that the kernel is deterministic
+// whatever the thread count; and the reference kernel's causal mask.
 #include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <tuple>
+#include <vector>
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -178,6 +180,25 @@ TEST(AttentionKernel, CpuUsesTheFusedKernel) {
   EXPECT_EQ(attention_kernel_for(c10::Device(c10::kCPU), false), AttentionKernel::kFused);
   EXPECT_EQ(attention_kernel_for(c10::Device(c10::kCPU), true), AttentionKernel::kFused);
   EXPECT_FALSE(attention_saves_scores(c10::Device(c10::kCPU)));
+}
+
+TEST(CausalMask, ShapeAndValues) {
+  const int64_t t = 3, start = 2;
+  const auto mask = causal_mask(t, start, at::kCPU);
+  ASSERT_EQ(mask.sizes(), (std::vector<int64_t>{t, start + t}));
+  EXPECT_EQ(mask.scalar_type(), at::kFloat);
+  const auto m = mask.accessor<float, 2>();
+  for (int64_t i = 0; i < t; ++i) {
+    for (int64_t j = 0; j < start + t; ++j) {
+      if (j <= start + i) {
+        EXPECT_EQ(m[i][j], 0.0f) << i << " " << j;
+      } else {
+        EXPECT_EQ(m[i][j], -std::numeric_limits<float>::infinity()) << i << " " << j;
+      }
+    }
+  }
+  const auto square = causal_mask(4, 0, at::kCPU);
+  EXPECT_TRUE(at::equal(square.isinf(), at::ones({4, 4}, at::kBool).triu(1)));
 }
 
 }  // namespace

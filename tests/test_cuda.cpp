@@ -28,12 +28,12 @@
 #include <torch/cuda.h>
 
 #include "llt/amp.h"
-#include "llt/checkpoint.h"
 #include "llt/compat.h"
 #include "llt/generate.h"
 #include "llt/io.h"
 #include "llt/lora.h"
 #include "llt/recompute.h"
+#include "llt/weights.h"
 #include "test_support.h"
 
 namespace llt {

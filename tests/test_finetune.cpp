@@ -13,13 +13,13 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include "llt/checkpoint.h"
 #include "llt/dataset.h"
 #include "llt/errors.h"
 #include "llt/io.h"
+#include "llt/tools/finetune.h"
 #include "llt/tools/options.h"
 #include "llt/tools/tokenize.h"
-#include "llt/tools/finetune.h"
+#include "llt/weights.h"
 
 using namespace llt::tools;  // the tool layer under test
 

@@ -22,11 +22,11 @@
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/jit/serialization/pickle.h>
 
-#include "llt/checkpoint.h"
 #include "llt/dataset.h"
 #include "llt/lora.h"
 #include "llt/loss.h"
 #include "llt/recompute.h"
+#include "llt/weights.h"
 
 namespace llt {
 namespace {

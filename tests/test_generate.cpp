@@ -12,12 +12,12 @@
 #include <nlohmann/json.hpp>
 
 #include "llt/alpaca.h"
-#include "llt/checkpoint.h"
 #include "llt/errors.h"
 #include "llt/generate.h"
-#include "llt/tools/generate.h"
 #include "llt/io.h"
 #include "llt/tokenizer.h"
+#include "llt/tools/generate.h"
+#include "llt/weights.h"
 #include "test_support.h"
 
 using namespace llt::tools;  // the tool layer under test

@@ -11,11 +11,11 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
-#include <unistd.h>
 
-#include "llt/checkpoint.h"
+#include "test_support.h"
 #include "llt/errors.h"
 #include "llt/lora.h"
+#include "llt/model.h"
 #include "llt/safetensors.h"
 
 namespace llt {
@@ -24,17 +24,7 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    const auto* test = ::testing::UnitTest::GetInstance()->current_test_info();
-    path = fs::temp_directory_path() /
-           ("llt_lora_" + std::string(test->name()) + "_" + std::to_string(::getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
+using testing::TempDir;
 
 Transformer tiny_model(uint64_t seed = 7) {
   Transformer model(preset_args("tiny"), torch::TensorOptions().dtype(torch::kFloat));

@@ -1,15 +1,14 @@
 // The model against an independent reference: logits of tiny random models computed by
 // data_prep/llama_reference.py (fixtures in tests/assets/model/, see its README), the KV-cache
-// path, Meta's FFN-size rule, parameter counts, RoPE against the complex-number formula, the
-// causal mask and argument validation.
+// path, Meta's FFN-size rule, parameter counts, RoPE against the complex-number formula and
+// argument validation.
 //
 // The fixtures are read with torch::jit::pickle_load (torch.save zip files), deliberately not
-// with llt's own checkpoint loaders, and copied into the parameters by Meta name.
+// with llt's own weights loaders, and copied into the parameters by Meta name.
 #include <cmath>
 #include <complex>
 #include <fstream>
 #include <iterator>
-#include <limits>
 #include <map>
 #include <set>
 #include <string>
@@ -199,6 +198,33 @@ TEST(ModelArgs, NumParametersOfPresets) {
   EXPECT_EQ(preset_args("llama2_13b").num_parameters(), 13015864320LL);
 }
 
+// The shapes derived from the args are the ones the built model has: GQA, tied embeddings, an
+// explicit FFN size and Meta's rule with a multiplier.
+TEST(ModelArgs, ParameterShapesMatchTheModel) {
+  std::vector<ModelArgs> cases(4, preset_args("tiny"));
+  cases[1].tie_embeddings = true;
+  cases[2].hidden_dim = 40;
+  cases[2].n_kv_heads = 2;
+  cases[3].ffn_dim_multiplier = 0.5;
+  for (const auto& args : cases) {
+    const Transformer model(args, at::TensorOptions().dtype(at::kFloat));
+    std::map<std::string, std::vector<int64_t>> built;
+    int64_t count = 0;
+    for (const auto& item : model->named_parameters()) {
+      built[item.key()] = item.value().sizes().vec();
+      count += item.value().numel();
+    }
+    std::map<std::string, std::vector<int64_t>> computed;
+    for (const auto& [name, shape] : parameter_shapes(args)) computed[name] = shape;
+    EXPECT_EQ(built, computed);
+    EXPECT_EQ(args.num_parameters(), count);
+    const auto wk = block_linear_shape(args, "wk");
+    EXPECT_EQ(built.at("layers.1.attention.wk.weight"),
+              (std::vector<int64_t>{wk.first, wk.second}));
+  }
+  EXPECT_THROW(block_linear_shape(cases[0], "wz"), RuntimeError);
+}
+
 TEST(ModelArgs, InvalidArgsThrowInputError) {
   auto expect_bad = [](ModelArgs a, const char* what) {
     EXPECT_THROW(a.validate("test"), InputError) << what;
@@ -273,25 +299,6 @@ TEST(Rope, KeepsDtypeAndRejectsPositionsBeyondTheTables) {
   const auto x = at::randn({1, 2, 1, 4}).to(at::kBFloat16);
   EXPECT_EQ(apply_rope(x, rope, 2).scalar_type(), at::kBFloat16);
   EXPECT_ANY_THROW(apply_rope(x, rope, 3));
-}
-
-TEST(CausalMask, ShapeAndValues) {
-  const int64_t t = 3, start = 2;
-  const auto mask = causal_mask(t, start, at::kCPU);
-  ASSERT_EQ(mask.sizes(), (std::vector<int64_t>{t, start + t}));
-  EXPECT_EQ(mask.scalar_type(), at::kFloat);
-  const auto m = mask.accessor<float, 2>();
-  for (int64_t i = 0; i < t; ++i) {
-    for (int64_t j = 0; j < start + t; ++j) {
-      if (j <= start + i) {
-        EXPECT_EQ(m[i][j], 0.0f) << i << " " << j;
-      } else {
-        EXPECT_EQ(m[i][j], -std::numeric_limits<float>::infinity()) << i << " " << j;
-      }
-    }
-  }
-  const auto square = causal_mask(4, 0, at::kCPU);
-  EXPECT_TRUE(at::equal(square.isinf(), at::ones({4, 4}, at::kBool).triu(1)));
 }
 
 }  // namespace

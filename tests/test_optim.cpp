@@ -10,8 +10,8 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
-#include <unistd.h>
 
+#include "test_support.h"
 #include "llt/errors.h"
 #include "llt/optim.h"
 
@@ -54,17 +54,7 @@ OptimOptions golden_options(const json& g) {
   return o;
 }
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    const auto* test = ::testing::UnitTest::GetInstance()->current_test_info();
-    path = fs::temp_directory_path() /
-           ("llt_optim_" + std::string(test->name()) + "_" + std::to_string(::getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
+using testing::TempDir;
 
 // The golden's parameters, named as a model's: w is a matrix (decayed), b a norm weight.
 NamedParameters golden_params(const json& g) {

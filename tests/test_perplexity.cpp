@@ -13,12 +13,12 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include "llt/checkpoint.h"
 #include "llt/dataset.h"
 #include "llt/io.h"
 #include "llt/lora.h"
 #include "llt/perplexity.h"
 #include "llt/tokenizer.h"
+#include "llt/weights.h"
 
 #include "test_support.h"
 

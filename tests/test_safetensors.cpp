@@ -8,8 +8,8 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
-#include <unistd.h>
 
+#include "test_support.h"
 #include "llt/errors.h"
 #include "llt/safetensors.h"
 
@@ -19,18 +19,7 @@ namespace {
 
 const fs::path kReference = fs::path(LLT_TEST_ASSETS) / "checkpoints" / "reference.safetensors";
 
-// A fresh directory under the system temp dir, removed at the end of the test.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    const auto* test = ::testing::UnitTest::GetInstance()->current_test_info();
-    path = fs::temp_directory_path() /
-           ("llt_safetensors_" + std::string(test->name()) + "_" + std::to_string(::getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
+using llt::testing::TempDir;
 
 // The InputError message `f` throws; fails the test if it throws nothing.
 template <class F>

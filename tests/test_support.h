@@ -4,6 +4,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <filesystem>
@@ -34,6 +35,27 @@ inline std::filesystem::path fresh_dir(const std::string& name) {
   std::filesystem::create_directories(dir);
   return dir;
 }
+
+// A fresh folder for the running test, <temp>/llt_<suite>_<test>_<pid>, removed with what it
+// holds when the object goes out of scope.
+struct TempDir {
+  std::filesystem::path path;
+  TempDir() {
+    const auto* test = ::testing::UnitTest::GetInstance()->current_test_info();
+    std::string name = "llt_" + std::string(test->test_suite_name()) + "_" + test->name() + "_" +
+                       std::to_string(getpid());
+    std::replace(name.begin(), name.end(), '/', '_');  // parameterised tests: "Prefix/Suite"
+    path = std::filesystem::temp_directory_path() / name;
+    std::filesystem::remove_all(path);
+    std::filesystem::create_directories(path);
+  }
+  ~TempDir() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path, ignored);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+};
 
 struct ToolRun {
   int code = -1;

@@ -11,7 +11,7 @@ ABI=$(python3 -c "import torch;print(int(torch._C._GLIBCXX_USE_CXX11_ABI))")
 FLAGS="-std=c++17 -O2 -fPIC -D_GLIBCXX_USE_CXX11_ABI=$ABI -Ilib -isystem .devinc \
   -isystem $TORCH_DIR/include -isystem $TORCH_DIR/include/torch/csrc/api/include"
 OBJ=/tmp/llt-obj; mkdir -p $OBJ
-files="errors io model tensor_file safetensors pth checkpoint runtime generate"
+files="errors io model tensor_file safetensors pth weights weight_names runtime generate"
 for f in $files; do
   (g++ $FLAGS -c lib/llt/$f.cpp -o $OBJ/$f.o 2>$OBJ/$f.log || { echo "FAILED $f"; head -30 $OBJ/$f.log; }) &
 done

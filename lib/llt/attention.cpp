@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -536,6 +537,13 @@ std::pair<at::Tensor, at::Tensor> fused_attention_forward(const at::Tensor& q, c
 
 at::Tensor causal_attention_fused(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   return FusedAttentionFunction::apply(q, k, v);
+}
+
+at::Tensor causal_mask(int64_t t, int64_t start, const c10::Device& device) {
+  const auto opts = at::TensorOptions().dtype(at::kFloat).device(device);
+  // Query i (position start+i) may attend to keys j <= start+i.
+  return at::full({t, start + t}, -std::numeric_limits<float>::infinity(), opts)
+      .triu(/*diagonal=*/start + 1);
 }
 
 at::Tensor causal_attention_reference(const at::Tensor& q, const at::Tensor& k,

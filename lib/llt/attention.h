@@ -12,6 +12,7 @@
 //  - reference: matmul, additive causal mask, fp32 softmax, matmul (Meta's model.py).
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <utility>
 
@@ -28,6 +29,10 @@ std::string attention_kernel_name(AttentionKernel kernel);
 // position S - T + i and attends keys 0 .. S - T + i (S > T: a KV-cache continuation). Query head
 // h reads kv head h / (H / KV). Returns (B, H, T, hd) in q's dtype, differentiable in q, k, v.
 at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
+
+// Causal mask for T new queries at positions [start, start+T) over S = start+T keys: 0 where a
+// query may attend, -inf elsewhere; (T, S) fp32. The reference kernel adds it to the scores.
+at::Tensor causal_mask(int64_t t, int64_t start, const c10::Device& device);
 
 // The kernel causal_attention uses for these inputs: LLT_ATTENTION if set, else fused on CPU,
 // sdpa on CUDA where LibTorch has it and S == T, else reference.

@@ -9,10 +9,10 @@
 #include <nlohmann/json.hpp>
 #include <torch/nn/init.h>
 
-#include "llt/checkpoint.h"
 #include "llt/errors.h"
 #include "llt/io.h"
 #include "llt/safetensors.h"
+#include "llt/weight_names.h"
 
 namespace llt {
 namespace {
@@ -51,18 +51,6 @@ Slot target_slot(TransformerBlockImpl& block, const std::string& name) {
   throw RuntimeError("unknown LoRA target '" + name + "'");
 }
 
-// (out, in) of target `name` in a model with `args`.
-std::pair<int64_t, int64_t> target_shape(const ModelArgs& args, const std::string& name) {
-  const int64_t q = args.n_heads * args.head_dim(), kv = args.kv_heads() * args.head_dim();
-  const int64_t d = args.dim, f = args.ffn_hidden();
-  if (name == "wq") return {q, d};
-  if (name == "wk" || name == "wv") return {kv, d};
-  if (name == "wo") return {d, q};
-  if (name == "w1" || name == "w3") return {f, d};
-  if (name == "w2") return {d, f};
-  throw RuntimeError("unknown LoRA target '" + name + "'");
-}
-
 // Every LoraLinear of the model with its module path ("layers.0.attention.wq"), in module order.
 std::vector<std::pair<std::string, std::shared_ptr<LoraLinearImpl>>> lora_modules(
     TransformerImpl& model) {
@@ -84,7 +72,8 @@ class SharedWeightLinearImpl : public LinearImpl {
   }
 };
 
-// "layers.3.attention.wq" -> "model.layers.3.self_attn.q_proj", through checkpoint's name table.
+// "layers.3.attention.wq" -> "model.layers.3.self_attn.q_proj", through the one name table
+// (lib/llt/weight_names).
 std::string hf_module_path(const std::string& meta_path) {
   const auto hf = meta_to_hf_name(meta_path + ".weight");
   const std::string suffix = ".weight";
@@ -249,7 +238,7 @@ int64_t count_lora_parameters(const ModelArgs& args, const LoraOptions& options)
   validate_lora_options(options, "LoRA options");
   int64_t per_layer = 0;
   for (const auto& name : options.targets) {
-    const auto [out, in] = target_shape(args, name);
+    const auto [out, in] = block_linear_shape(args, name);
     per_layer += options.rank * (in + out);  // A (r, in) + B (out, r)
   }
   return args.n_layers * per_layer;

@@ -1,10 +1,13 @@
 #include "llt/model.h"
 
 #include <cmath>
-#include <limits>
 #include <optional>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include <ATen/ATen.h>
+#include <c10/util/accumulate.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/nn/init.h>
 
@@ -28,12 +31,9 @@ int64_t ModelArgs::ffn_hidden() const {
 }
 
 int64_t ModelArgs::num_parameters() const {
-  const int64_t hd = head_dim();
-  const int64_t attention = dim * n_heads * hd * 2 + dim * kv_heads() * hd * 2;  // wq, wo, wk, wv
-  const int64_t ffn = 3 * dim * ffn_hidden();
-  const int64_t block = attention + ffn + 2 * dim;  // + attention_norm, ffn_norm
-  const int64_t embeddings = vocab_size * dim * (tie_embeddings ? 1 : 2);
-  return n_layers * block + embeddings + dim;  // + final norm
+  int64_t count = 0;  // tied embeddings: parameter_shapes lists the table once
+  for (const auto& [name, shape] : parameter_shapes(*this)) count += c10::multiply_integers(shape);
+  return count;
 }
 
 void ModelArgs::validate(const std::string& source) const {
@@ -87,6 +87,48 @@ ModelArgs preset_args(const std::string& name) {
 }
 
 std::vector<std::string> preset_names() { return {"llama2_7b", "llama2_13b", "tiny"}; }
+
+// ---------------------------------------------------------------------------------------------
+// Weight shapes
+
+std::pair<int64_t, int64_t> block_linear_shape(const ModelArgs& args, const std::string& name) {
+  const int64_t d = args.dim, f = args.ffn_hidden();
+  const int64_t q = args.n_heads * args.head_dim(), kv = args.kv_heads() * args.head_dim();
+  if (name == "wq") return {q, d};
+  if (name == "wk" || name == "wv") return {kv, d};
+  if (name == "wo") return {d, q};
+  if (name == "w1" || name == "w3") return {f, d};
+  if (name == "w2") return {d, f};
+  throw RuntimeError("no linear map '" + name + "' in a block (wq, wk, wv, wo, w1, w2, w3)");
+}
+
+std::vector<std::pair<std::string, std::vector<int64_t>>> block_parameter_shapes(
+    const ModelArgs& args) {
+  std::vector<std::pair<std::string, std::vector<int64_t>>> shapes;
+  auto add_linear = [&](const std::string& module, const std::string& name) {
+    const auto [out, in] = block_linear_shape(args, name);
+    shapes.push_back({module + "." + name + ".weight", {out, in}});
+  };
+  for (const char* name : {"wq", "wk", "wv", "wo"}) add_linear("attention", name);
+  for (const char* name : {"w1", "w2", "w3"}) add_linear("feed_forward", name);
+  shapes.push_back({"attention_norm.weight", {args.dim}});
+  shapes.push_back({"ffn_norm.weight", {args.dim}});
+  return shapes;
+}
+
+std::vector<std::pair<std::string, std::vector<int64_t>>> parameter_shapes(const ModelArgs& args) {
+  std::vector<std::pair<std::string, std::vector<int64_t>>> shapes;
+  shapes.push_back({"tok_embeddings.weight", {args.vocab_size, args.dim}});
+  const auto block = block_parameter_shapes(args);
+  for (int64_t i = 0; i < args.n_layers; ++i) {
+    for (const auto& [name, shape] : block) {
+      shapes.push_back({"layers." + std::to_string(i) + "." + name, shape});
+    }
+  }
+  shapes.push_back({"norm.weight", {args.dim}});
+  if (!args.tie_embeddings) shapes.push_back({"output.weight", {args.vocab_size, args.dim}});
+  return shapes;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Leaf modules
@@ -210,13 +252,6 @@ torch::Tensor apply_rope(const torch::Tensor& x, const RopeTables& rope, int64_t
   return x.scalar_type() == torch::kFloat ? out : out.to(x.scalar_type());
 }
 
-torch::Tensor causal_mask(int64_t t, int64_t start, const torch::Device& device) {
-  const auto opts = torch::TensorOptions().dtype(torch::kFloat).device(device);
-  // Query i (position start+i) may attend to keys j <= start+i.
-  return torch::full({t, start + t}, -std::numeric_limits<float>::infinity(), opts)
-      .triu(/*diagonal=*/start + 1);
-}
-
 // ---------------------------------------------------------------------------------------------
 // KV cache
 
@@ -233,12 +268,24 @@ KVCache KVCache::allocate(const ModelArgs& args, int64_t batch, int64_t max_len,
 // ---------------------------------------------------------------------------------------------
 // Attention, feed-forward, block
 
+namespace {
+
+// Block linear map `name` (block_linear_shape), registered on `module` under that name.
+std::shared_ptr<LinearImpl> register_linear(torch::nn::Module& module, const ModelArgs& args,
+                                            const std::string& name,
+                                            const torch::TensorOptions& options) {
+  const auto [out, in] = block_linear_shape(args, name);
+  return module.register_module(name, std::make_shared<LinearImpl>(in, out, options));
+}
+
+}  // namespace
+
 AttentionImpl::AttentionImpl(const ModelArgs& args, const torch::TensorOptions& options)
     : n_heads(args.n_heads), n_kv_heads(args.kv_heads()), head_dim(args.head_dim()) {
-  wq = register_module("wq", std::make_shared<LinearImpl>(args.dim, n_heads * head_dim, options));
-  wk = register_module("wk", std::make_shared<LinearImpl>(args.dim, n_kv_heads * head_dim, options));
-  wv = register_module("wv", std::make_shared<LinearImpl>(args.dim, n_kv_heads * head_dim, options));
-  wo = register_module("wo", std::make_shared<LinearImpl>(n_heads * head_dim, args.dim, options));
+  wq = register_linear(*this, args, "wq", options);  // (H*hd, D)
+  wk = register_linear(*this, args, "wk", options);  // (KV*hd, D)
+  wv = register_linear(*this, args, "wv", options);  // (KV*hd, D)
+  wo = register_linear(*this, args, "wo", options);  // (D, H*hd)
 }
 
 torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const RopeTables& rope, int64_t start,
@@ -268,10 +315,9 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const RopeTables& r
 }
 
 FeedForwardImpl::FeedForwardImpl(const ModelArgs& args, const torch::TensorOptions& options) {
-  const int64_t hidden = args.ffn_hidden();
-  w1 = register_module("w1", std::make_shared<LinearImpl>(args.dim, hidden, options));
-  w2 = register_module("w2", std::make_shared<LinearImpl>(hidden, args.dim, options));
-  w3 = register_module("w3", std::make_shared<LinearImpl>(args.dim, hidden, options));
+  w1 = register_linear(*this, args, "w1", options);  // (F, D)
+  w2 = register_linear(*this, args, "w2", options);  // (D, F)
+  w3 = register_linear(*this, args, "w3", options);  // (F, D)
 }
 
 torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x, bool output_values) {

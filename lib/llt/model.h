@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <torch/nn/module.h>
@@ -48,6 +49,18 @@ struct ModelArgs {
 // Throws InputError on an unknown name.
 ModelArgs preset_args(const std::string& name);
 std::vector<std::string> preset_names();
+
+// Weight shapes, derived here once from the args (the model, the weights loader, LoRA and the
+// memory estimate use them). (out, in) of the linear map `name` of a block: "wq", "wk", "wv",
+// "wo" (attention), "w1", "w2", "w3" (feed-forward); RuntimeError on another name.
+std::pair<int64_t, int64_t> block_linear_shape(const ModelArgs& args, const std::string& name);
+// One block's parameters, named under "layers.N." ("attention.wq.weight"), with their shapes, in
+// the order TransformerBlock registers them.
+std::vector<std::pair<std::string, std::vector<int64_t>>> block_parameter_shapes(
+    const ModelArgs& args);
+// Parameter names and shapes of the model `args` describes, as Transformer registers them,
+// computed without building it.
+std::vector<std::pair<std::string, std::vector<int64_t>>> parameter_shapes(const ModelArgs& args);
 
 // A linear map without bias, y = x W^T, weight (out, in) under the name "weight". Parameters are
 // allocated uninitialised on the target device/dtype: loaders fill them, init_random() for tests.
@@ -164,7 +177,7 @@ TORCH_MODULE(TransformerBlock);
 class TransformerImpl : public torch::nn::Module {
  public:
   // Parameters are allocated uninitialised with `options` (device, dtype); fill them with a
-  // loader (lib/llt/checkpoint) or init_random().
+  // loader (lib/llt/weights) or init_random().
   TransformerImpl(const ModelArgs& args, const torch::TensorOptions& options);
 
   // tokens (B, T) int64 -> logits (B, T, V) in the parameters' dtype. Without a cache the whole
@@ -199,9 +212,5 @@ class TransformerImpl : public torch::nn::Module {
   RopeTables rope_;
 };
 TORCH_MODULE(Transformer);
-
-// Causal mask for T new queries at positions [start, start+T) over S = start+T keys: 0 where a
-// query may attend, -inf elsewhere; (T, S) fp32.
-torch::Tensor causal_mask(int64_t t, int64_t start, const torch::Device& device);
 
 }  // namespace llt

@@ -15,19 +15,20 @@
 #include <ATen/ATen.h>
 
 #include "llt/attention.h"
-#include "llt/checkpoint.h"
 #include "llt/dataset.h"
 #include "llt/distributed.h"
 #include "llt/errors.h"
 #include "llt/io.h"
 #include "llt/lora.h"
 #include "llt/memory.h"
+#include "llt/memory_estimate.h"
 #include "llt/optim.h"
 #include "llt/recompute.h"
 #include "llt/runtime.h"
 #include "llt/tools/run_folder.h"
 #include "llt/trainer.h"
 #include "llt/version.h"
+#include "llt/weights.h"
 
 namespace llt::tools {
 namespace fs = std::filesystem;

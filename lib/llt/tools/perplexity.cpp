@@ -8,15 +8,15 @@
 
 #include <nlohmann/json.hpp>
 
-#include "llt/checkpoint.h"
 #include "llt/dataset.h"
 #include "llt/errors.h"
 #include "llt/io.h"
 #include "llt/perplexity.h"
 #include "llt/runtime.h"
-#include "llt/tools/setup.h"
 #include "llt/tokenizer.h"
+#include "llt/tools/setup.h"
 #include "llt/version.h"
+#include "llt/weights.h"
 
 namespace llt::tools {
 namespace fs = std::filesystem;

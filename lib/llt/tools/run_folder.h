@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "llt/memory.h"
+#include "llt/memory_estimate.h"
 
 namespace llt::tools {
 
@@ -64,7 +65,7 @@ struct RunSummary {
   double memory_cap_gib = 0;  // 0: none
   int64_t skipped_steps = 0;  // fp16: steps whose gradients overflowed
   MemoryBytes breakdown;      // measured
-  MemoryBreakdown estimate;   // the analytic estimate of the same configuration (llt/memory)
+  MemoryBreakdown estimate;   // the analytic estimate of the same configuration (llt/memory_estimate)
   std::string model;
   std::string data;
   std::string command_line;

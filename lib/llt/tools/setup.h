@@ -4,9 +4,9 @@
 
 #include <filesystem>
 
-#include "llt/checkpoint.h"
-#include "llt/tools/options.h"
 #include "llt/tokenizer.h"
+#include "llt/tools/options.h"
+#include "llt/weights.h"
 
 namespace llt::tools {
 

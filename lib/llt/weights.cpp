@@ -1,4 +1,4 @@
-#include "llt/checkpoint.h"
+#include "llt/weights.h"
 
 #include <algorithm>
 #include <functional>
@@ -14,97 +14,13 @@
 #include "llt/errors.h"
 #include "llt/io.h"
 #include "llt/tensor_file.h"
+#include "llt/weight_names.h"
 
 namespace llt {
 namespace {
 
 using nlohmann::json;
 namespace fs = std::filesystem;
-
-// ---------------------------------------------------------------------------------------------
-// The one HF <-> Meta name table, with Meta's model-parallel split dimension of each kind
-// (fairscale ParallelEmbedding splits dim 1, ColumnParallelLinear dim 0, RowParallelLinear
-// dim 1; -1: replicated in every shard).
-
-struct NameRow {
-  const char* hf;
-  const char* meta;
-  int shard_dim;
-};
-
-constexpr NameRow kTopLevelNames[] = {
-    {"model.embed_tokens", "tok_embeddings", 1},
-    {"model.norm", "norm", -1},
-    {"lm_head", "output", 0},
-};
-
-// clang-format off
-constexpr NameRow kLayerNames[] = {  // under "model.layers.N." / "layers.N."
-    {"self_attn.q_proj",         "attention.wq",    0},
-    {"self_attn.k_proj",         "attention.wk",    0},
-    {"self_attn.v_proj",         "attention.wv",    0},
-    {"self_attn.o_proj",         "attention.wo",    1},
-    {"mlp.gate_proj",            "feed_forward.w1", 0},
-    {"mlp.down_proj",            "feed_forward.w2", 1},
-    {"mlp.up_proj",              "feed_forward.w3", 0},
-    {"input_layernorm",          "attention_norm", -1},
-    {"post_attention_layernorm", "ffn_norm",       -1},
-};
-// clang-format on
-
-bool starts_with(const std::string& s, const std::string& prefix) {
-  return s.compare(0, prefix.size(), prefix) == 0;
-}
-
-// "layers.12.rest" (prefix "layers.") -> {12, "rest"}.
-std::optional<std::pair<int64_t, std::string>> split_layer(const std::string& name,
-                                                           const std::string& prefix) {
-  if (!starts_with(name, prefix)) return std::nullopt;
-  const size_t dot = name.find('.', prefix.size());
-  const std::string digits = name.substr(prefix.size(), dot - prefix.size());
-  if (dot == std::string::npos || digits.empty() || digits.size() > 9 ||
-      !std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; })) {
-    return std::nullopt;
-  }
-  return std::make_pair(std::stoll(digits), name.substr(dot + 1));
-}
-
-// Maps a name through the table (HF -> Meta or back), keeping what follows the module path.
-std::optional<std::string> map_module(const std::string& name, bool to_meta) {
-  auto lookup = [&](const std::string& rest, const NameRow* begin,
-                    const NameRow* end) -> std::optional<std::string> {
-    for (const NameRow* row = begin; row != end; ++row) {
-      const std::string from = to_meta ? row->hf : row->meta;
-      if (rest.size() > from.size() && starts_with(rest, from) && rest[from.size()] == '.') {
-        return (to_meta ? row->meta : row->hf) + rest.substr(from.size());
-      }
-    }
-    return std::nullopt;
-  };
-  const std::string layer_prefix = to_meta ? "model.layers." : "layers.";
-  if (const auto layer = split_layer(name, layer_prefix)) {
-    const auto mapped = lookup(layer->second, std::begin(kLayerNames), std::end(kLayerNames));
-    if (!mapped) return std::nullopt;
-    return (to_meta ? "layers." : "model.layers.") + std::to_string(layer->first) + "." + *mapped;
-  }
-  return lookup(name, std::begin(kTopLevelNames), std::end(kTopLevelNames));
-}
-
-// The table row of a Meta parameter name ("layers.3.attention.wo.weight" -> wo's row).
-const NameRow* meta_row(const std::string& meta_name) {
-  std::string rest = meta_name;
-  const NameRow* begin = std::begin(kTopLevelNames);
-  const NameRow* end = std::end(kTopLevelNames);
-  if (const auto layer = split_layer(meta_name, "layers.")) {
-    rest = layer->second;
-    begin = std::begin(kLayerNames);
-    end = std::end(kLayerNames);
-  }
-  for (const NameRow* row = begin; row != end; ++row) {
-    if (starts_with(rest, std::string(row->meta) + ".")) return row;
-  }
-  return nullptr;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Configuration files
@@ -173,9 +89,9 @@ struct Source {
   std::function<void(at::Tensor& dst)> copy_into;
 };
 
-struct OpenCheckpoint {
+struct OpenWeights {
   ModelArgs args;                                         // as stored: all layers
-  std::string source;                                     // the checkpoint path, for messages
+  std::string source;                                     // the weights path, for messages
   std::map<std::string, Source> tensors;                  // by Meta parameter name
   std::function<std::string(const std::string&)> key_of;  // Meta name -> name in the files
 
@@ -190,13 +106,13 @@ struct OpenCheckpoint {
 
 // Every expected tensor present with its shape, nothing unexpected. Tensors of layers past
 // kept.n_layers are allowed (and never read) if layer 0 has the same kind.
-void check_tensors(const OpenCheckpoint& ckpt, const ModelArgs& kept) {
+void check_tensors(const OpenWeights& stored, const ModelArgs& kept) {
   std::set<std::string> expected;
   for (const auto& [name, shape] : parameter_shapes(kept)) {
     expected.insert(name);
-    const auto it = ckpt.tensors.find(name);
-    if (it == ckpt.tensors.end()) {
-      throw InputError(ckpt.source + ": missing tensor '" + ckpt.key_of(name) +
+    const auto it = stored.tensors.find(name);
+    if (it == stored.tensors.end()) {
+      throw InputError(stored.source + ": missing tensor '" + stored.key_of(name) +
                        "' for parameter '" + name + "' of shape " + shape_string(shape));
     }
     if (it->second.shape != shape) {
@@ -205,10 +121,10 @@ void check_tensors(const OpenCheckpoint& ckpt, const ModelArgs& kept) {
                        " for parameter '" + name + "'");
     }
   }
-  for (const auto& [name, tensor] : ckpt.tensors) {
+  for (const auto& [name, tensor] : stored.tensors) {
     if (expected.count(name)) continue;
-    const auto layer = split_layer(name, "layers.");
-    if (layer && layer->first >= kept.n_layers && layer->first < ckpt.args.n_layers &&
+    const auto layer = split_layer_name(name, "layers.");
+    if (layer && layer->first >= kept.n_layers && layer->first < stored.args.n_layers &&
         expected.count("layers.0." + layer->second)) {
       continue;  // a layer we skip
     }
@@ -282,8 +198,7 @@ using Shards = std::vector<std::shared_ptr<TensorFile>>;
 // layout; replicated kinds are read from shard 0 only).
 Source meta_source(const Shards& shards, const TensorInfo& info) {
   const TensorFile& first = *shards.front();
-  const NameRow* row = meta_row(info.name);
-  int dim = row == nullptr || shards.size() == 1 ? -1 : row->shard_dim;
+  int dim = shards.size() == 1 ? -1 : meta_shard_dim(info.name);
   if (dim >= static_cast<int>(info.shape.size())) dim = -1;  // mis-shaped: check_tensors says so
   std::vector<int64_t> shape = info.shape;
   for (size_t i = 1; i < shards.size(); ++i) {
@@ -325,9 +240,8 @@ Source meta_source(const Shards& shards, const TensorInfo& info) {
   return source;
 }
 
-OpenCheckpoint open_meta(const fs::path& dir) {
-  OpenCheckpoint ckpt{
-      read_meta_args(dir), dir.string(), {}, [](const std::string& n) { return n; }};
+OpenWeights open_meta(const fs::path& dir) {
+  OpenWeights stored{read_meta_args(dir), dir.string(), {}, [](const std::string& n) { return n; }};
   Shards shards;
   for (const auto& path : meta_shards(dir)) shards.push_back(open_tensor_file(path));
   const TensorFile& first = *shards.front();
@@ -340,9 +254,9 @@ OpenCheckpoint open_meta(const fs::path& dir) {
     }
   }
   for (const auto& info : first.tensors()) {
-    if (!is_known_non_weight(info.name)) ckpt.add(info.name, meta_source(shards, info));
+    if (!is_known_non_weight(info.name)) stored.add(info.name, meta_source(shards, info));
   }
-  return ckpt;
+  return stored;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -433,12 +347,12 @@ FileMap open_hf_files(const fs::path& dir) {
                    "model.safetensors.index.json, pytorch_model.bin or its index");
 }
 
-OpenCheckpoint open_hf(const fs::path& dir) {
-  OpenCheckpoint ckpt{read_hf_args(dir), dir.string(), {}, [](const std::string& meta) {
-                        return meta_to_hf_name(meta).value_or(meta);
-                      }};
-  const int64_t n_heads = ckpt.args.n_heads;
-  const int64_t n_kv_heads = ckpt.args.kv_heads();
+OpenWeights open_hf(const fs::path& dir) {
+  OpenWeights stored{read_hf_args(dir), dir.string(), {}, [](const std::string& meta) {
+                       return meta_to_hf_name(meta).value_or(meta);
+                     }};
+  const int64_t n_heads = stored.args.n_heads;
+  const int64_t n_kv_heads = stored.args.kv_heads();
   for (const auto& [name, file] : open_hf_files(dir)) {
     if (is_known_non_weight(name)) continue;
     const auto meta = hf_to_meta_name(name);
@@ -448,7 +362,7 @@ OpenCheckpoint open_hf(const fs::path& dir) {
     }
     // Rows of wq/wk come in rotate-half order: un-permute them (with n_kv_heads for wk).
     int64_t permuted_heads = 0;
-    if (const auto layer = split_layer(*meta, "layers.")) {
+    if (const auto layer = split_layer_name(*meta, "layers.")) {
       if (layer->second == "attention.wq.weight") permuted_heads = n_heads;
       if (layer->second == "attention.wk.weight") permuted_heads = n_kv_heads;
     }
@@ -457,9 +371,9 @@ OpenCheckpoint open_hf(const fs::path& dir) {
       const at::Tensor t = file->read(name);
       dst.copy_(permuted_heads > 0 ? unpermute_hf_rows(t, permuted_heads) : t);
     };
-    ckpt.add(*meta, std::move(source));
+    stored.add(*meta, std::move(source));
   }
-  return ckpt;
+  return stored;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -520,13 +434,11 @@ Llama2cHeader llama2c_header_or_throw(const BinaryFile& file) {
   return *header;
 }
 
-OpenCheckpoint open_llama2c(const fs::path& path) {
+OpenWeights open_llama2c(const fs::path& path) {
   auto file = std::make_shared<BinaryFile>(path);
   const Llama2cHeader h = llama2c_header_or_throw(*file);
-  OpenCheckpoint ckpt{llama2c_args(h), path.string(), {}, [](const std::string& n) { return n; }};
-  const ModelArgs& a = ckpt.args;
-  const int64_t kv_dim = a.kv_heads() * a.head_dim();
-  const int64_t f = a.ffn_hidden();
+  OpenWeights stored{llama2c_args(h), path.string(), {}, [](const std::string& n) { return n; }};
+  const ModelArgs& a = stored.args;
 
   uint64_t offset = sizeof(Llama2cHeader);  // bytes
   auto take = [&](const std::string& name, std::vector<int64_t> shape) {
@@ -540,19 +452,17 @@ OpenCheckpoint open_llama2c(const fs::path& path) {
       file->read(begin, t.data_ptr(), t.numel() * sizeof(float), "tensor '" + name + "'");
       dst.copy_(t);
     };
-    ckpt.add(name, std::move(source));
+    stored.add(name, std::move(source));
   };
-  const std::pair<const char*, std::vector<int64_t>> kinds[] = {
-      {"attention_norm.weight", {a.dim}},       {"attention.wq.weight", {a.dim, a.dim}},
-      {"attention.wk.weight", {kv_dim, a.dim}}, {"attention.wv.weight", {kv_dim, a.dim}},
-      {"attention.wo.weight", {a.dim, a.dim}},  {"ffn_norm.weight", {a.dim}},
-      {"feed_forward.w1.weight", {f, a.dim}},   {"feed_forward.w2.weight", {a.dim, f}},
-      {"feed_forward.w3.weight", {f, a.dim}},
-  };
+  const auto block_shapes = block_parameter_shapes(a);
+  const std::map<std::string, std::vector<int64_t>> block(block_shapes.begin(), block_shapes.end());
   take("tok_embeddings.weight", {a.vocab_size, a.dim});
-  for (const auto& [kind, shape] : kinds) {
+  for (const char* kind :
+       {"attention_norm.weight", "attention.wq.weight", "attention.wk.weight",
+        "attention.wv.weight", "attention.wo.weight", "ffn_norm.weight", "feed_forward.w1.weight",
+        "feed_forward.w2.weight", "feed_forward.w3.weight"}) {  // run.c's order
     for (int64_t i = 0; i < a.n_layers; ++i) {
-      take("layers." + std::to_string(i) + "." + kind, shape);
+      take("layers." + std::to_string(i) + "." + kind, block.at(kind));
     }
   }
   take("norm.weight", {a.dim});
@@ -567,30 +477,30 @@ OpenCheckpoint open_llama2c(const fs::path& path) {
                      std::to_string(offset) + " bytes, the file has " +
                      std::to_string(file->size()) + "; truncated or not a legacy llama2.c file?");
   }
-  return ckpt;
+  return stored;
 }
 
 // ---------------------------------------------------------------------------------------------
 
-// The directory holding a Meta/HF checkpoint: `path` itself, or the directory of a weights file.
-fs::path checkpoint_root(const fs::path& path) {
+// The directory holding Meta/HF weights: `path` itself, or the directory of a weights file.
+fs::path weights_dir(const fs::path& path) {
   if (fs::is_directory(path)) return path;
   const fs::path parent = path.parent_path();
   return parent.empty() ? fs::path(".") : parent;
 }
 
-OpenCheckpoint open_checkpoint(const fs::path& path, CheckpointFormat format) {
+OpenWeights open_weights(const fs::path& path, WeightsFormat format) {
   switch (format) {
-    case CheckpointFormat::kMeta:
-      return open_meta(checkpoint_root(path));
-    case CheckpointFormat::kHuggingFace:
-      return open_hf(checkpoint_root(path));
-    case CheckpointFormat::kLlama2c:
+    case WeightsFormat::kMeta:
+      return open_meta(weights_dir(path));
+    case WeightsFormat::kHuggingFace:
+      return open_hf(weights_dir(path));
+    case WeightsFormat::kLlama2c:
       return open_llama2c(path);
-    case CheckpointFormat::kPreset:
+    case WeightsFormat::kPreset:
       break;  // load_model builds preset models itself
   }
-  throw RuntimeError("unknown checkpoint format");
+  throw RuntimeError("unknown weights format");
 }
 
 }  // namespace
@@ -598,69 +508,15 @@ OpenCheckpoint open_checkpoint(const fs::path& path, CheckpointFormat format) {
 // ---------------------------------------------------------------------------------------------
 // Public API
 
-std::optional<std::string> hf_to_meta_name(const std::string& hf_name) {
-  return map_module(hf_name, /*to_meta=*/true);
-}
-
-std::optional<std::string> meta_to_hf_name(const std::string& meta_name) {
-  return map_module(meta_name, /*to_meta=*/false);
-}
-
-bool is_known_non_weight(const std::string& name) {
-  if (name == "rope.freqs") return true;
-  const auto layer = split_layer(name, "model.layers.");
-  return layer && layer->second == "self_attn.rotary_emb.inv_freq";
-}
-
-// transformers' permute(): w.view(h, hd/2, 2, cols).transpose(1, 2).reshape(rows, cols), i.e.
-// within each head, Meta row 2i+j goes to HF row j*hd/2 + i. Un-permuting swaps the two views.
-at::Tensor unpermute_hf_rows(const at::Tensor& w, int64_t n_heads) {
-  TORCH_CHECK(w.dim() >= 1 && n_heads > 0 && w.size(0) % (2 * n_heads) == 0,
-              "unpermute_hf_rows: ", w.sizes(), " rows do not split into ", n_heads,
-              " heads of even size");
-  const int64_t half = w.size(0) / n_heads / 2;
-  return w.reshape({n_heads, 2, half, -1}).transpose(1, 2).reshape(w.sizes());
-}
-
-at::Tensor permute_hf_rows(const at::Tensor& w, int64_t n_heads) {
-  TORCH_CHECK(w.dim() >= 1 && n_heads > 0 && w.size(0) % (2 * n_heads) == 0,
-              "permute_hf_rows: ", w.sizes(), " rows do not split into ", n_heads,
-              " heads of even size");
-  const int64_t half = w.size(0) / n_heads / 2;
-  return w.reshape({n_heads, half, 2, -1}).transpose(1, 2).reshape(w.sizes());
-}
-
-std::vector<std::pair<std::string, std::vector<int64_t>>> parameter_shapes(const ModelArgs& args) {
-  const int64_t d = args.dim, hd = args.head_dim(), f = args.ffn_hidden();
-  const int64_t q = args.n_heads * hd, kv = args.kv_heads() * hd;
-  std::vector<std::pair<std::string, std::vector<int64_t>>> shapes;
-  shapes.push_back({"tok_embeddings.weight", {args.vocab_size, d}});
-  for (int64_t i = 0; i < args.n_layers; ++i) {
-    const std::string p = "layers." + std::to_string(i) + ".";
-    shapes.push_back({p + "attention.wq.weight", {q, d}});
-    shapes.push_back({p + "attention.wk.weight", {kv, d}});
-    shapes.push_back({p + "attention.wv.weight", {kv, d}});
-    shapes.push_back({p + "attention.wo.weight", {d, q}});
-    shapes.push_back({p + "feed_forward.w1.weight", {f, d}});
-    shapes.push_back({p + "feed_forward.w2.weight", {d, f}});
-    shapes.push_back({p + "feed_forward.w3.weight", {f, d}});
-    shapes.push_back({p + "attention_norm.weight", {d}});
-    shapes.push_back({p + "ffn_norm.weight", {d}});
-  }
-  shapes.push_back({"norm.weight", {d}});
-  if (!args.tie_embeddings) shapes.push_back({"output.weight", {args.vocab_size, d}});
-  return shapes;
-}
-
-std::string format_name(CheckpointFormat format) {
+std::string format_name(WeightsFormat format) {
   switch (format) {
-    case CheckpointFormat::kMeta:
+    case WeightsFormat::kMeta:
       return "meta";
-    case CheckpointFormat::kHuggingFace:
+    case WeightsFormat::kHuggingFace:
       return "huggingface";
-    case CheckpointFormat::kLlama2c:
+    case WeightsFormat::kLlama2c:
       return "llama2c";
-    case CheckpointFormat::kPreset:
+    case WeightsFormat::kPreset:
       return "preset";
   }
   return "unknown";
@@ -671,8 +527,8 @@ std::string preset_model_name(const fs::path& path) {
   return s.rfind("preset:", 0) == 0 ? s.substr(7) : "";
 }
 
-CheckpointFormat detect_format(const fs::path& path) {
-  if (!preset_model_name(path).empty()) return CheckpointFormat::kPreset;
+WeightsFormat detect_format(const fs::path& path) {
+  if (!preset_model_name(path).empty()) return WeightsFormat::kPreset;
   if (!fs::exists(path)) throw InputError(path.string() + ": no such file or directory");
   if (fs::is_directory(path)) {
     const bool meta = fs::exists(path / "params.json");
@@ -681,22 +537,22 @@ CheckpointFormat detect_format(const fs::path& path) {
       throw InputError(path.string() + ": has both params.json (Meta) and config.json (Hugging " +
                        "Face); pass the weights file or a directory with one of them");
     }
-    if (meta) return CheckpointFormat::kMeta;
-    if (hf) return CheckpointFormat::kHuggingFace;
+    if (meta) return WeightsFormat::kMeta;
+    if (hf) return WeightsFormat::kHuggingFace;
     throw InputError(path.string() + ": directory has neither params.json (Meta) nor " +
                      "config.json (Hugging Face)");
   }
   const TensorFileKind kind = sniff_tensor_file(path);
   if (kind == TensorFileKind::kOther) {
     llama2c_header_or_throw(BinaryFile(path));
-    return CheckpointFormat::kLlama2c;
+    return WeightsFormat::kLlama2c;
   }
   // A .pth / safetensors file: its directory's configuration names the format.
-  const fs::path dir = checkpoint_root(path);
+  const fs::path dir = weights_dir(path);
   if (fs::exists(dir / "params.json") && kind == TensorFileKind::kTorchZip) {
-    return CheckpointFormat::kMeta;
+    return WeightsFormat::kMeta;
   }
-  if (fs::exists(dir / "config.json")) return CheckpointFormat::kHuggingFace;
+  if (fs::exists(dir / "config.json")) return WeightsFormat::kHuggingFace;
   throw InputError(path.string() + ": a weights file without params.json (Meta) or config.json " +
                    "(Hugging Face) beside it");
 }
@@ -704,15 +560,15 @@ CheckpointFormat detect_format(const fs::path& path) {
 ModelArgs read_model_args(const fs::path& path) {
   ModelArgs args;
   switch (detect_format(path)) {
-    case CheckpointFormat::kPreset:
+    case WeightsFormat::kPreset:
       return preset_args(preset_model_name(path));
-    case CheckpointFormat::kMeta:
-      args = read_meta_args(checkpoint_root(path));
+    case WeightsFormat::kMeta:
+      args = read_meta_args(weights_dir(path));
       break;
-    case CheckpointFormat::kHuggingFace:
-      args = read_hf_args(checkpoint_root(path));
+    case WeightsFormat::kHuggingFace:
+      args = read_hf_args(weights_dir(path));
       break;
-    case CheckpointFormat::kLlama2c: {
+    case WeightsFormat::kLlama2c: {
       const BinaryFile file(path);
       args = llama2c_args(llama2c_header_or_throw(file));
       break;
@@ -723,30 +579,30 @@ ModelArgs read_model_args(const fs::path& path) {
 }
 
 LoadedModel load_model(const fs::path& path, const LoadOptions& options) {
-  const CheckpointFormat format = detect_format(path);
-  if (format == CheckpointFormat::kPreset) {
+  const WeightsFormat format = detect_format(path);
+  if (format == WeightsFormat::kPreset) {
     ModelArgs args = preset_args(preset_model_name(path));
     if (options.n_layers > 0) args.n_layers = options.n_layers;
     Transformer model(args, torch::TensorOptions().device(options.device).dtype(options.dtype));
     model->init_random(/*seed=*/0);
     return {args, model, format, path};
   }
-  OpenCheckpoint ckpt = open_checkpoint(path, format);
-  ckpt.args.validate(ckpt.source);
-  ModelArgs kept = ckpt.args;
-  if (options.n_layers < 0 || options.n_layers > ckpt.args.n_layers) {
-    throw InputError(ckpt.source + ": --n-layers " + std::to_string(options.n_layers) +
-                     " is outside [1, " + std::to_string(ckpt.args.n_layers) +
+  OpenWeights stored = open_weights(path, format);
+  stored.args.validate(stored.source);
+  ModelArgs kept = stored.args;
+  if (options.n_layers < 0 || options.n_layers > stored.args.n_layers) {
+    throw InputError(stored.source + ": --n-layers " + std::to_string(options.n_layers) +
+                     " is outside [1, " + std::to_string(stored.args.n_layers) +
                      "] (the checkpoint's n_layers)");
   }
   if (options.n_layers > 0) kept.n_layers = options.n_layers;
-  check_tensors(ckpt, kept);
+  check_tensors(stored, kept);
 
   Transformer model(kept, at::TensorOptions().device(options.device).dtype(options.dtype));
   at::NoGradGuard no_grad;
   for (auto& item : model->named_parameters()) {
-    const auto it = ckpt.tensors.find(item.key());
-    if (it == ckpt.tensors.end()) {
+    const auto it = stored.tensors.find(item.key());
+    if (it == stored.tensors.end()) {
       throw RuntimeError("internal: model parameter '" + item.key() +
                          "' is not in parameter_shapes()");
     }

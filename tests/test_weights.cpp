@@ -1,4 +1,4 @@
-// Checkpoint loading: every on-disk format written by data_prep/make_checkpoint_fixtures.py
+// Loading model weights: every on-disk format written by data_prep/make_checkpoint_fixtures.py
 // (Python's torch.save, a hand-written safetensors writer, llama2.c's legacy export layout) loads
 // to the Python reference weights and gives identical logits; format detection from content;
 // n_layers reads only the kept layers; Meta's and HF's quirks; and every malformed input is an
@@ -16,44 +16,35 @@
 #include <caffe2/serialize/inline_container.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
-#include <unistd.h>
 
-#include "llt/checkpoint.h"
+#include "test_support.h"
 #include "llt/errors.h"
 #include "llt/pth.h"
 #include "llt/safetensors.h"
+#include "llt/weight_names.h"
+#include "llt/weights.h"
 
 namespace fs = std::filesystem;
-using llt::CheckpointFormat;
+using llt::WeightsFormat;
 
 namespace {
 
 const fs::path kAssets = fs::path(LLT_TEST_ASSETS) / "checkpoints";
 
-// A fresh directory under the system temp dir, removed at the end of the test.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    const auto* test = ::testing::UnitTest::GetInstance()->current_test_info();
-    path = fs::temp_directory_path() /
-           ("llt_checkpoint_" + std::string(test->name()) + "_" + std::to_string(::getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  // A copy of the fixture `name` (file or directory) inside this directory.
-  fs::path copy(const std::string& name, const std::string& as = "") const {
-    const fs::path target = path / (as.empty() ? name : as);
-    fs::copy(kAssets / name, target, fs::copy_options::recursive);
-    fs::permissions(target, fs::perms::owner_write, fs::perm_options::add);
-    if (fs::is_directory(target)) {
-      for (const auto& e : fs::directory_iterator(target)) {
-        fs::permissions(e.path(), fs::perms::owner_write, fs::perm_options::add);
-      }
+using llt::testing::TempDir;
+
+// A copy of the fixture `name` (file or directory) inside `dir`, writable.
+fs::path copy_fixture(const TempDir& dir, const std::string& name, const std::string& as = "") {
+  const fs::path target = dir.path / (as.empty() ? name : as);
+  fs::copy(kAssets / name, target, fs::copy_options::recursive);
+  fs::permissions(target, fs::perms::owner_write, fs::perm_options::add);
+  if (fs::is_directory(target)) {
+    for (const auto& e : fs::directory_iterator(target)) {
+      fs::permissions(e.path(), fs::perms::owner_write, fs::perm_options::add);
     }
-    return target;
   }
-};
+  return target;
+}
 
 template <class F>
 std::string input_error(F f) {
@@ -123,7 +114,7 @@ at::Tensor golden_logits(llt::LoadedModel loaded) {  // by value: forward() is n
 // ---------------------------------------------------------------------------------------------
 // Formats load to the reference
 
-TEST(Checkpoint, FixtureArgsComeFromEachFormatsOwnConfig) {
+TEST(Weights, FixtureArgsComeFromEachFormatsOwnConfig) {
   for (const char* name : {"meta_bf16", "meta_bf16_2shards", "meta_fp32", "hf_fp16", "hf_fp32",
                            "hf_bin_fp16", "llama2c.bin", "llama2c_tied.bin"}) {
     SCOPED_TRACE(name);
@@ -146,14 +137,14 @@ TEST(Checkpoint, FixtureArgsComeFromEachFormatsOwnConfig) {
   EXPECT_DOUBLE_EQ(meta.ffn_dim_multiplier, 0.5);
 }
 
-TEST(Checkpoint, Fp32SourcesLoadExactlyToTheReference) {
+TEST(Weights, Fp32SourcesLoadExactlyToTheReference) {
   for (const char* name : {"meta_fp32", "hf_fp32", "llama2c.bin"}) {
     SCOPED_TRACE(name);
     expect_reference_weights(load(kAssets / name), at::kFloat);
   }
 }
 
-TEST(Checkpoint, HalfSourcesLoadToTheReferenceRoundedLikePython) {
+TEST(Weights, HalfSourcesLoadToTheReferenceRoundedLikePython) {
   for (const char* name : {"meta_bf16", "meta_bf16_2shards"}) {
     SCOPED_TRACE(name);
     expect_reference_weights(load(kAssets / name), at::kBFloat16);
@@ -169,13 +160,13 @@ TEST(Checkpoint, HalfSourcesLoadToTheReferenceRoundedLikePython) {
   }
 }
 
-TEST(Checkpoint, FilesWrittenByPyTorch2ReadTheSame) {
+TEST(Weights, FilesWrittenByPyTorch2ReadTheSame) {
   // Re-saved by torch.save of PyTorch 2.11 (adds byteorder, .format_version, .storage_alignment).
   expect_reference_weights(load(kAssets / "meta_bf16_torch2"), at::kBFloat16);
   expect_reference_weights(load(kAssets / "hf_bin_fp16_torch2"), at::kHalf);
 }
 
-TEST(Checkpoint, Llama2cSharedClassifierIsATiedModel) {
+TEST(Weights, Llama2cSharedClassifierIsATiedModel) {
   const auto loaded = load(kAssets / "llama2c_tied.bin");
   EXPECT_TRUE(loaded.args.tie_embeddings);
   EXPECT_EQ(loaded.model->output, nullptr);
@@ -184,7 +175,7 @@ TEST(Checkpoint, Llama2cSharedClassifierIsATiedModel) {
   expect_reference_weights(loaded, at::kFloat);  // everything but output.weight
 }
 
-TEST(Checkpoint, LogitsAgreeAcrossFormatsAndWithThePythonModel) {
+TEST(Weights, LogitsAgreeAcrossFormatsAndWithThePythonModel) {
   const at::Tensor meta = golden_logits(load(kAssets / "meta_fp32"));
   // Same fp32 weights, same code: bitwise equal, whatever the file layout.
   EXPECT_TRUE(at::equal(meta, golden_logits(load(kAssets / "hf_fp32"))));
@@ -202,7 +193,7 @@ TEST(Checkpoint, LogitsAgreeAcrossFormatsAndWithThePythonModel) {
   EXPECT_TRUE(at::allclose(fp16, python, 0, 0.02));  // measured 0.0056
 }
 
-TEST(Checkpoint, MetaTwoShardsEqualOneShard) {
+TEST(Weights, MetaTwoShardsEqualOneShard) {
   const auto one = parameters(load(kAssets / "meta_bf16"));
   const auto two = parameters(load(kAssets / "meta_bf16_2shards"));
   ASSERT_EQ(one.size(), two.size());
@@ -215,21 +206,21 @@ TEST(Checkpoint, MetaTwoShardsEqualOneShard) {
 // ---------------------------------------------------------------------------------------------
 // Detection
 
-TEST(Checkpoint, DetectsFormats) {
-  EXPECT_EQ(llt::detect_format(kAssets / "meta_bf16"), CheckpointFormat::kMeta);
+TEST(Weights, DetectsFormats) {
+  EXPECT_EQ(llt::detect_format(kAssets / "meta_bf16"), WeightsFormat::kMeta);
   EXPECT_EQ(llt::detect_format(kAssets / "meta_bf16" / "consolidated.00.pth"),
-            CheckpointFormat::kMeta);
-  EXPECT_EQ(llt::detect_format(kAssets / "hf_fp16"), CheckpointFormat::kHuggingFace);
+            WeightsFormat::kMeta);
+  EXPECT_EQ(llt::detect_format(kAssets / "hf_fp16"), WeightsFormat::kHuggingFace);
   EXPECT_EQ(llt::detect_format(kAssets / "hf_fp32" / "model.safetensors"),
-            CheckpointFormat::kHuggingFace);
-  EXPECT_EQ(llt::detect_format(kAssets / "hf_bin_fp16"), CheckpointFormat::kHuggingFace);
-  EXPECT_EQ(llt::detect_format(kAssets / "llama2c.bin"), CheckpointFormat::kLlama2c);
-  EXPECT_EQ(llt::format_name(CheckpointFormat::kMeta), "meta");
-  EXPECT_EQ(llt::format_name(CheckpointFormat::kHuggingFace), "huggingface");
-  EXPECT_EQ(llt::format_name(CheckpointFormat::kLlama2c), "llama2c");
+            WeightsFormat::kHuggingFace);
+  EXPECT_EQ(llt::detect_format(kAssets / "hf_bin_fp16"), WeightsFormat::kHuggingFace);
+  EXPECT_EQ(llt::detect_format(kAssets / "llama2c.bin"), WeightsFormat::kLlama2c);
+  EXPECT_EQ(llt::format_name(WeightsFormat::kMeta), "meta");
+  EXPECT_EQ(llt::format_name(WeightsFormat::kHuggingFace), "huggingface");
+  EXPECT_EQ(llt::format_name(WeightsFormat::kLlama2c), "llama2c");
 }
 
-TEST(Checkpoint, DetectsFromContentNotNames) {
+TEST(Weights, DetectsFromContentNotNames) {
   TempDir dir;
   // A llama2.c file named like the other formats' weights.
   for (const char* misleading : {"model.safetensors", "consolidated.00.pth"}) {
@@ -237,21 +228,21 @@ TEST(Checkpoint, DetectsFromContentNotNames) {
     const fs::path sub = dir.path / ("as_" + std::string(misleading));
     fs::create_directories(sub);
     fs::copy_file(kAssets / "llama2c.bin", sub / misleading);
-    EXPECT_EQ(llt::detect_format(sub / misleading), CheckpointFormat::kLlama2c);
+    EXPECT_EQ(llt::detect_format(sub / misleading), WeightsFormat::kLlama2c);
     expect_reference_weights(load(sub / misleading), at::kFloat);
   }
   // A Meta shard named like a llama2.c file, given as a file.
-  const fs::path meta = dir.copy("meta_fp32");
+  const fs::path meta = copy_fixture(dir, "meta_fp32");
   fs::rename(meta / "consolidated.00.pth", meta / "weights.bin");
-  EXPECT_EQ(llt::detect_format(meta / "weights.bin"), CheckpointFormat::kMeta);
+  EXPECT_EQ(llt::detect_format(meta / "weights.bin"), WeightsFormat::kMeta);
   // HF weights whose names swap safetensors and torch.save: each is read by its content.
-  const fs::path st_as_bin = dir.copy("hf_fp32", "st_as_bin");
+  const fs::path st_as_bin = copy_fixture(dir, "hf_fp32", "st_as_bin");
   fs::rename(st_as_bin / "model.safetensors", st_as_bin / "pytorch_model.bin");
   expect_reference_weights(load(st_as_bin), at::kFloat);
-  const fs::path bin_as_st = dir.copy("hf_bin_fp16", "bin_as_st");
+  const fs::path bin_as_st = copy_fixture(dir, "hf_bin_fp16", "bin_as_st");
   fs::rename(bin_as_st / "pytorch_model.bin", bin_as_st / "model.safetensors");
   expect_reference_weights(load(bin_as_st), at::kHalf);
-  // Not a checkpoint at all.
+  // Not model weights at all.
   std::ofstream(dir.path / "notes.txt") << "just some text, long enough to have a header\n";
   EXPECT_TRUE(
       contains(input_error([&] { llt::detect_format(dir.path / "notes.txt"); }), "notes.txt"));
@@ -265,7 +256,7 @@ TEST(Checkpoint, DetectsFromContentNotNames) {
 // ---------------------------------------------------------------------------------------------
 // n_layers
 
-TEST(Checkpoint, NLayersOneNeverReadsLayerOneMeta) {
+TEST(Weights, NLayersOneNeverReadsLayerOneMeta) {
   // The fixture's zip lacks layer 1's storage records: only a reader that skips them succeeds.
   const fs::path path = kAssets / "meta_bf16_no_layer1";
   const auto loaded = load(path, /*n_layers=*/1);
@@ -277,9 +268,9 @@ TEST(Checkpoint, NLayersOneNeverReadsLayerOneMeta) {
   EXPECT_TRUE(contains(error, "layers.1.")) << error;
 }
 
-TEST(Checkpoint, NLayersOneNeverReadsLayerOneHuggingFace) {
+TEST(Weights, NLayersOneNeverReadsLayerOneHuggingFace) {
   TempDir dir;
-  const fs::path hf = dir.copy("hf_fp32");
+  const fs::path hf = copy_fixture(dir, "hf_fp32");
   const fs::path weights = hf / "model.safetensors";
   {  // Overwrite every layer-1 tensor's bytes with 0xff (NaN in fp32).
     llt::SafetensorsFile file(weights);
@@ -297,7 +288,7 @@ TEST(Checkpoint, NLayersOneNeverReadsLayerOneHuggingFace) {
   EXPECT_TRUE(at::isnan(all.at("layers.1.attention.wq.weight")).all().item<bool>());
 }
 
-TEST(Checkpoint, NLayersOneKeepsTheFirstLayerOfEveryFormat) {
+TEST(Weights, NLayersOneKeepsTheFirstLayerOfEveryFormat) {
   for (const char* name : {"meta_fp32", "meta_bf16_2shards", "hf_fp16", "llama2c.bin"}) {
     SCOPED_TRACE(name);
     const auto loaded = load(kAssets / name, 1);
@@ -315,7 +306,7 @@ TEST(Checkpoint, NLayersOneKeepsTheFirstLayerOfEveryFormat) {
 // ---------------------------------------------------------------------------------------------
 // Names, permutation, configuration quirks
 
-TEST(Checkpoint, UnpermuteHfRowsInvertsTransformersPermute) {
+TEST(Weights, UnpermuteHfRowsInvertsTransformersPermute) {
   // One head of hd = 4: Meta rows (pairs (0,1), (2,3)) are HF rows [0, 2, 1, 3]; per head.
   const at::Tensor meta_rows = at::arange(16, at::kFloat).view({8, 2});
   const at::Tensor hf_rows = llt::permute_hf_rows(meta_rows, /*n_heads=*/2);
@@ -335,7 +326,7 @@ TEST(Checkpoint, UnpermuteHfRowsInvertsTransformersPermute) {
       at::equal(llt::unpermute_hf_rows(wq, 4), reference().at("layers.0.attention.wq.weight")));
 }
 
-TEST(Checkpoint, NameTableMapsBothWaysWithSuffixes) {
+TEST(Weights, NameTableMapsBothWaysWithSuffixes) {
   const std::pair<const char*, const char*> pairs[] = {
       {"model.embed_tokens.weight", "tok_embeddings.weight"},
       {"model.norm.weight", "norm.weight"},
@@ -363,21 +354,7 @@ TEST(Checkpoint, NameTableMapsBothWaysWithSuffixes) {
   EXPECT_FALSE(llt::is_known_non_weight("model.layers.12.self_attn.q_proj.weight"));
 }
 
-TEST(Checkpoint, ParameterShapesMatchTheModel) {
-  for (const bool tied : {false, true}) {
-    llt::ModelArgs args = llt::read_model_args(kAssets / "meta_fp32");
-    args.tie_embeddings = tied;
-    const llt::Transformer model(args, at::TensorOptions().dtype(at::kFloat));
-    std::map<std::string, std::vector<int64_t>> built;
-    for (const auto& item : model->named_parameters())
-      built[item.key()] = item.value().sizes().vec();
-    std::map<std::string, std::vector<int64_t>> computed;
-    for (const auto& [name, shape] : llt::parameter_shapes(args)) computed[name] = shape;
-    EXPECT_EQ(built, computed);
-  }
-}
-
-TEST(Checkpoint, Real7bHfConfigAndIndexMatchThe7bPreset) {
+TEST(Weights, Real7bHfConfigAndIndexMatchThe7bPreset) {
   const fs::path dir = kAssets / "llama-2-7b-hf";  // copied from meta-llama/Llama-2-7b-hf
   const llt::ModelArgs args = llt::read_model_args(dir);
   const llt::ModelArgs preset = llt::preset_args("llama2_7b");
@@ -412,9 +389,9 @@ TEST(Checkpoint, Real7bHfConfigAndIndexMatchThe7bPreset) {
   EXPECT_EQ(mapped, expected);
 }
 
-TEST(Checkpoint, MetaParamsWithoutNKvHeadsMeansNHeads) {
+TEST(Weights, MetaParamsWithoutNKvHeadsMeansNHeads) {
   TempDir dir;
-  const fs::path meta = dir.copy("meta_fp32");
+  const fs::path meta = copy_fixture(dir, "meta_fp32");
   std::ofstream(meta / "params.json", std::ios::trunc)
       << R"({"dim": 32, "multiple_of": 16, "ffn_dim_multiplier": 0.5, "n_heads": 4,)"
       << R"( "n_layers": 2, "norm_eps": 1e-05, "vocab_size": -1})";
@@ -434,7 +411,7 @@ TEST(Checkpoint, MetaParamsWithoutNKvHeadsMeansNHeads) {
 
 namespace {
 
-// An HF checkpoint in `dir` holding hf_fp32's tensors after `edit`.
+// HF weights in `dir` holding hf_fp32's tensors after `edit`.
 fs::path hf_variant(const TempDir& dir, const std::string& name,
                     const std::function<void(llt::NamedTensors&)>& edit) {
   const fs::path out = dir.path / name;
@@ -450,7 +427,7 @@ fs::path hf_variant(const TempDir& dir, const std::string& name,
 
 }  // namespace
 
-TEST(Checkpoint, MissingUnexpectedAndMisshapedTensorsNameFileKeyAndShapes) {
+TEST(Weights, MissingUnexpectedAndMisshapedTensorsNameFileKeyAndShapes) {
   TempDir dir;
   const fs::path unchanged = hf_variant(dir, "unchanged", [](llt::NamedTensors&) {});
   expect_reference_weights(load(unchanged), at::kFloat);  // the writer keeps it loadable
@@ -495,28 +472,28 @@ TEST(Checkpoint, MissingUnexpectedAndMisshapedTensorsNameFileKeyAndShapes) {
   EXPECT_TRUE(contains(error, "[32, 48]")) << error;
 }
 
-TEST(Checkpoint, MetaShardProblemsAreInputErrors) {
+TEST(Weights, MetaShardProblemsAreInputErrors) {
   TempDir dir;
   // One shard of two gone: the remaining halves do not fit the model.
-  const fs::path half = dir.copy("meta_bf16_2shards", "half");
+  const fs::path half = copy_fixture(dir, "meta_bf16_2shards", "half");
   fs::remove(half / "consolidated.01.pth");
   std::string error = input_error([&] { load(half); });
   EXPECT_TRUE(contains(error, "consolidated.00.pth")) << error;
   EXPECT_TRUE(contains(error, "'tok_embeddings.weight' has shape [64, 16]")) << error;  // dim 1
   EXPECT_TRUE(contains(error, "expected [64, 32]")) << error;
   // A gap in the numbering.
-  const fs::path gap = dir.copy("meta_bf16_2shards", "gap");
+  const fs::path gap = copy_fixture(dir, "meta_bf16_2shards", "gap");
   fs::rename(gap / "consolidated.01.pth", gap / "consolidated.02.pth");
   EXPECT_TRUE(contains(input_error([&] { load(gap); }), "consolidated.02.pth"));
-  // Shards of different checkpoints.
-  const fs::path mixed = dir.copy("meta_bf16_2shards", "mixed");
+  // Shards of different models.
+  const fs::path mixed = copy_fixture(dir, "meta_bf16_2shards", "mixed");
   fs::copy_file(kAssets / "meta_bf16" / "consolidated.00.pth", mixed / "consolidated.01.pth",
                 fs::copy_options::overwrite_existing);
   error = input_error([&] { load(mixed); });
   EXPECT_TRUE(contains(error, "consolidated.00.pth (+1 more shard)")) << error;
   EXPECT_TRUE(contains(error, "[64, 48]")) << error;  // 16 + 32 columns
   // No shard at all.
-  const fs::path none = dir.copy("meta_bf16", "none");
+  const fs::path none = copy_fixture(dir, "meta_bf16", "none");
   fs::remove(none / "consolidated.00.pth");
   EXPECT_TRUE(contains(input_error([&] { load(none); }), "no consolidated.NN.pth"));
 }
@@ -524,7 +501,7 @@ TEST(Checkpoint, MetaShardProblemsAreInputErrors) {
 // ---------------------------------------------------------------------------------------------
 // Truncated and corrupt files
 
-TEST(Checkpoint, TruncatedFilesAreInputErrorsNamingTheFile) {
+TEST(Weights, TruncatedFilesAreInputErrorsNamingTheFile) {
   TempDir dir;
   struct Case {
     std::string fixture;
@@ -539,7 +516,7 @@ TEST(Checkpoint, TruncatedFilesAreInputErrorsNamingTheFile) {
     const uint64_t size = fs::file_size(original);
     for (const uint64_t keep : {uint64_t{40}, size / 3, size / 2, size - 10, size - 1}) {
       SCOPED_TRACE(c.fixture + " kept " + std::to_string(keep) + " of " + std::to_string(size));
-      const fs::path copy = dir.copy(c.fixture, c.fixture + "_" + std::to_string(keep));
+      const fs::path copy = copy_fixture(dir, c.fixture, c.fixture + "_" + std::to_string(keep));
       const fs::path damaged = c.file.empty() ? copy : copy / c.file;
       fs::resize_file(damaged, keep);
       const std::string error = input_error([&] { load(copy); });
@@ -548,15 +525,15 @@ TEST(Checkpoint, TruncatedFilesAreInputErrorsNamingTheFile) {
   }
 }
 
-TEST(Checkpoint, CorruptConfigurationFilesAreInputErrors) {
+TEST(Weights, CorruptConfigurationFilesAreInputErrors) {
   TempDir dir;
-  const fs::path meta = dir.copy("meta_bf16");
+  const fs::path meta = copy_fixture(dir, "meta_bf16");
   std::ofstream(meta / "params.json", std::ios::trunc) << R"({"dim": 32, "n_layers": )";
   EXPECT_TRUE(contains(input_error([&] { load(meta); }), "params.json: not valid JSON"));
   std::ofstream(meta / "params.json", std::ios::trunc) << R"({"dim": "32", "n_layers": 2})";
   EXPECT_TRUE(contains(input_error([&] { load(meta); }), "field 'dim' must be an integer"));
 
-  const fs::path hf = dir.copy("hf_fp16");
+  const fs::path hf = copy_fixture(dir, "hf_fp16");
   std::ofstream(hf / "config.json", std::ios::trunc) << "{";
   EXPECT_TRUE(contains(input_error([&] { load(hf); }), "config.json: not valid JSON"));
   fs::copy_file(kAssets / "hf_fp16" / "config.json", hf / "config.json",
@@ -567,7 +544,7 @@ TEST(Checkpoint, CorruptConfigurationFilesAreInputErrors) {
       << R"({"weight_map": {"model.norm.weight": "gone.safetensors"}})";
   EXPECT_TRUE(contains(input_error([&] { load(hf); }), "gone.safetensors"));
 
-  const fs::path scaled = dir.copy("hf_fp32", "scaled");
+  const fs::path scaled = copy_fixture(dir, "hf_fp32", "scaled");
   std::ifstream in(scaled / "config.json");
   auto config = nlohmann::json::parse(in);
   config["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}};
@@ -575,10 +552,10 @@ TEST(Checkpoint, CorruptConfigurationFilesAreInputErrors) {
   EXPECT_TRUE(contains(input_error([&] { load(scaled); }), "rope_scaling"));
 }
 
-TEST(Checkpoint, CorruptPthAndLlama2cFilesAreInputErrors) {
+TEST(Weights, CorruptPthAndLlama2cFilesAreInputErrors) {
   TempDir dir;
   // Damage the pickle inside the zip: the callable's name no longer reads "_rebuild_tensor_v2".
-  const fs::path meta = dir.copy("meta_fp32");
+  const fs::path meta = copy_fixture(dir, "meta_fp32");
   const fs::path shard = meta / "consolidated.00.pth";
   {
     std::fstream f(shard, std::ios::in | std::ios::out | std::ios::binary);
@@ -591,13 +568,13 @@ TEST(Checkpoint, CorruptPthAndLlama2cFilesAreInputErrors) {
   EXPECT_TRUE(contains(input_error([&] { load(meta); }), shard.string()));
 
   // Not a zip past its first bytes.
-  const fs::path junk = dir.copy("meta_bf16", "junk");
+  const fs::path junk = copy_fixture(dir, "meta_bf16", "junk");
   std::ofstream(junk / "consolidated.00.pth", std::ios::trunc | std::ios::binary)
       << std::string("PK\x03\x04", 4) << std::string(500, 'x');
   EXPECT_TRUE(contains(input_error([&] { load(junk); }), "consolidated.00.pth"));
 
   // llama2.c: a header that no longer matches the size, and a version-1 export.
-  const fs::path bin = dir.copy("llama2c.bin");
+  const fs::path bin = copy_fixture(dir, "llama2c.bin");
   {
     std::fstream f(bin, std::ios::in | std::ios::out | std::ios::binary);
     const int32_t layers = 3;
@@ -680,11 +657,11 @@ TEST(TorchPickle, TruncatedOrFlippedPicklesNeverCrash) {
                        "unsupported opcode 0xff"));
 }
 
-TEST(Checkpoint, RealStories260kLoadsAsATiedLlama2cModel) {
+TEST(Weights, RealStories260kLoadsAsATiedLlama2cModel) {
   // Karpathy's stories260K.bin (see assets/models/stories260K/PROVENANCE.md).
   const fs::path path = fs::path(LLT_SOURCE_DIR) / "assets/models/stories260K/stories260K.bin";
   if (!fs::exists(path)) GTEST_SKIP() << path << " is not in this checkout";
-  EXPECT_EQ(llt::detect_format(path), CheckpointFormat::kLlama2c);
+  EXPECT_EQ(llt::detect_format(path), WeightsFormat::kLlama2c);
   const auto loaded = load(path);
   const llt::ModelArgs& a = loaded.args;
   EXPECT_EQ(a.dim, 64);
