@@ -2,7 +2,7 @@
 """Writes tests/assets/report/runs/: small run folders for llt-report's tests (tests/test_report.cpp).
 
 Hand-chosen numbers, not measured: ten llt-finetune-shaped run folders (summary.json with every
-field lib/llt/train.cpp's write_summary writes, metrics.jsonl, memory.jsonl) covering the seed's
+field lib/llt/tools/run_folder's RunSummary writes, metrics.jsonl, memory.jsonl) covering the seed's
 Table 2 grid (8 cells with grad_checkpoint none, one of them status oom; 2 cells with block), and
 llt-generate / llt-perplexity outputs in `base/` (an evaluation of the base model: no
 summary.json) and in the fine-tuned `none-ga1-mp1-lora1/`.

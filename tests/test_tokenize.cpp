@@ -1,4 +1,4 @@
-// llt-tokenize (lib/llt/tokenize_tool, alpaca, encode_cache): token ids and source lengths equal
+// llt-tokenize (lib/llt/tools/tokenize, alpaca, encode_cache): token ids and source lengths equal
 // the stanford_alpaca recipe run in Python (tests/assets/alpaca/README.md), the segment cache
 // equals plain SentencePiece, bad input fails cleanly (or is skipped and listed), output does not
 // depend on the thread count, and the tool's exit codes.
