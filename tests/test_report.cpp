@@ -2,6 +2,7 @@
 // tests/assets/report/runs/ (data_prep/make_report_fixtures.py; numbers in its README). The
 // expected tables below were written by hand from those numbers, not from llt's output.
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -300,6 +301,94 @@ TEST(Report, FailedPlotLeavesNoOutput) {
     left.push_back(entry.path().filename().string());
   }
   EXPECT_EQ(left, std::vector<std::string>{"notes.txt"});
+}
+
+// Run-folder names reach gnuplot as titles: a name holding shell and gnuplot syntax is shown,
+// never run, by llt-report's gnuplot nor by the saved scripts run again.
+TEST(Report, RunNamesAreNeverEvaluatedByGnuplot) {
+  if (!gnuplot_installed()) GTEST_SKIP() << "gnuplot is not installed (scripts/install-deps.sh)";
+  const auto dir = fresh_dir("hostile-names");
+  // gnuplot runs inside out/.llt-report-staging-PID/, then out/plots/: "cd .." lands in out/.
+  const std::string hostile = "x`cd .. && touch PWNED`$(touch PWNED2) $HOME \"q' \\b\nc @x";
+  fs::create_directories(dir / "runs");
+  fs::copy(kRuns + "/none-ga1-mp1-lora1", dir / "runs" / hostile, fs::copy_options::recursive);
+  fs::copy(kRuns + "/none-ga0-mp1-lora1", dir / "runs" / "plain", fs::copy_options::recursive);
+  const auto out = dir / "out";
+  ReportToolOptions o;
+  o.runs = {(dir / "runs" / hostile).string(), (dir / "runs" / "plain").string()};
+  o.output = out.string();
+  ASSERT_EQ(run_report(o), 0);
+  for (const std::string name : {"loss", "memory", "table2"}) {
+    EXPECT_EQ(read_file(out / "plots" / (name + ".png")).substr(0, 4), "\x89PNG") << name;
+    const std::string cmd = "cd '" + (out / "plots").string() + "' && gnuplot " + name +
+                            ".gp > /dev/null 2>&1";
+    EXPECT_EQ(std::system(cmd.c_str()), 0) << name;
+  }
+  for (const auto& root : {out, out / "plots", dir, dir / "runs"}) {
+    EXPECT_FALSE(fs::exists(root / "PWNED")) << root;
+    EXPECT_FALSE(fs::exists(root / "PWNED2")) << root;
+  }
+  // The title is the name, quotes doubled, the newline shown as '?'.
+  EXPECT_NE(read_file(out / "plots" / "loss.gp")
+                .find("title 'x`cd .. && touch PWNED`$(touch PWNED2) $HOME \"q'' \\b?c @x'"),
+            std::string::npos)
+      << read_file(out / "plots" / "loss.gp");
+  // Every data line still has its columns (the newline did not split a record).
+  for (const std::string name : {"loss", "memory", "table2"}) {
+    const std::string dat = read_file(out / "plots" / (name + ".dat"));
+    for (const auto& line : lines(dat)) {
+      if (line.empty() || line[0] == '#') continue;
+      EXPECT_GE(std::count(line.begin(), line.end(), ' '), 1) << name << ": " << line;
+      EXPECT_EQ(line.find('"'), std::string::npos) << name << ": " << line;
+    }
+  }
+}
+
+// A name with backquotes and pipes is one code span in one Markdown cell.
+TEST(Report, RunNamesAreEscapedInMarkdown) {
+  const auto dir = fresh_dir("markdown-names");
+  const fs::path run = dir / "a`b|c";
+  fs::copy(kRuns + "/base", run, fs::copy_options::recursive);
+  const std::string md = before_after_markdown({read_run(run)});
+  EXPECT_NE(md.find("| ``a`b\\|c`` | 12.182 |"), std::string::npos) << md;
+}
+
+// A gnuplot that never ends is stopped at --gnuplot-timeout; nothing of the report is left.
+TEST(Report, HungGnuplotIsStopped) {
+  const auto dir = fresh_dir("hung-gnuplot");
+  write_text(dir / "gnuplot", "#!/bin/sh\nsleep 600\n");
+  fs::permissions(dir / "gnuplot", fs::perms::owner_all);
+  ReportToolOptions o;
+  o.runs = fixture_dirs();
+  o.output = (dir / "out").string();
+  o.gnuplot = (dir / "gnuplot").string();
+  o.gnuplot_timeout_s = 1;
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    run_report(o);
+    ADD_FAILURE() << "no error";
+  } catch (const RuntimeError& e) {
+    EXPECT_NE(std::string(e.what()).find("did not finish"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("within 1 s (--gnuplot-timeout)"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 30);
+  EXPECT_FALSE(fs::exists(dir / "out"));
+  o.gnuplot_timeout_s = -1;
+  expect_input_error([&] { run_report(o); }, {"--gnuplot-timeout", ">= 0"});
+}
+
+// A relative --gnuplot is the one in the folder llt-report was started from.
+TEST(Report, RelativeGnuplotPathIsFromTheStartFolder) {
+  if (!gnuplot_installed()) GTEST_SKIP() << "gnuplot is not installed (scripts/install-deps.sh)";
+  const auto dir = fresh_dir("relative-gnuplot");
+  write_text(dir / "bin" / "gp", "#!/bin/sh\nexec gnuplot \"$@\"\n");
+  fs::permissions(dir / "bin" / "gp", fs::perms::owner_all);
+  const std::string cmd = "cd '" + dir.string() + "' && " + LLT_BINARY_DIR +
+                          "/bin/llt-report '" + kRuns + "/none-ga1-mp1-lora1' --output out " +
+                          "--gnuplot bin/gp > log.txt 2>&1";
+  EXPECT_EQ(std::system(cmd.c_str()), 0) << read_file(dir / "log.txt");
+  EXPECT_TRUE(fs::exists(dir / "out" / "plots" / "loss.png")) << read_file(dir / "log.txt");
 }
 
 TEST(Report, BadFoldersAndFilesAreOneLineErrors) {

@@ -1,5 +1,7 @@
 #include "llt/train_state.h"
 
+#include <algorithm>
+#include <cctype>
 #include <filesystem>
 #include <string>
 
@@ -11,6 +13,7 @@
 #include "llt/errors.h"
 #include "llt/io.h"
 #include "llt/safetensors.h"
+#include "llt/sha256.h"
 
 namespace llt {
 namespace fs = std::filesystem;
@@ -30,6 +33,36 @@ at::Tensor from_hex(const std::string& hex, const std::string& where) {
   return t;
 }
 
+// The tensor files of a state, checksummed in state.json's "files".
+const char* const kTensorFiles[] = {"trainable.safetensors", "optimizer.safetensors"};
+
+// Whether `name` is "step-" and digits only (a finished write).
+bool is_state_name(const std::string& name) {
+  return name.size() > 5 && name.size() <= 5 + 18 && name.rfind("step-", 0) == 0 &&
+         std::all_of(name.begin() + 5, name.end(),
+                     [](char c) { return std::isdigit(static_cast<unsigned char>(c)) != 0; });
+}
+
+// Each tensor file against the sha256 state.json records (none recorded: an older state).
+void verify_files(const fs::path& dir, const nlohmann::json& j, const std::string& where) {
+  if (!j.contains("files")) return;
+  const auto& files = j.at("files");
+  if (!files.is_object()) throw InputError(where + ": field 'files' is not an object");
+  for (const char* name : kTensorFiles) {
+    if (!files.contains(name) || !files.at(name).is_string()) {
+      throw InputError(where + ": field 'files' has no sha256 for " + name);
+    }
+    const fs::path path = dir / name;
+    if (!fs::exists(path)) throw InputError(path.string() + ": missing (listed in " + where + ")");
+    const std::string actual = sha256_file(path);
+    if (actual != files.at(name).get<std::string>()) {
+      throw InputError(path.string() + ": sha256 " + actual + " is not the " +
+                       files.at(name).get<std::string>() + " recorded in " + where +
+                       " (the file changed or is corrupt after it was written)");
+    }
+  }
+}
+
 }  // namespace
 
 fs::path latest_train_state(const fs::path& checkpoints) {
@@ -38,8 +71,7 @@ fs::path latest_train_state(const fs::path& checkpoints) {
   if (!fs::is_directory(checkpoints)) return best;
   for (const auto& entry : fs::directory_iterator(checkpoints)) {
     const std::string name = entry.path().filename().string();
-    if (!entry.is_directory() || name.rfind("step-", 0) != 0 || name.find('.') != std::string::npos)
-      continue;
+    if (!entry.is_directory() || !is_state_name(name)) continue;
     const int64_t step = std::stoll(name.substr(5));
     if (step > best_step) best_step = step, best = entry.path();
   }
@@ -86,6 +118,8 @@ void save_train_state(const fs::path& checkpoints, const TrainState& state,
       {"rng_state", hex_bytes(at::detail::getDefaultCPUGenerator().get_state())},
   };
   if (!rank_rng_states.empty()) j["rank_rng_states"] = rank_rng_states;
+  if (!state.data_sha256.empty()) j["data_sha256"] = state.data_sha256;
+  for (const char* name : kTensorFiles) j["files"][name] = sha256_file(tmp / name);
   write_file_atomic(tmp / "state.json", j.dump(1), /*overwrite=*/true);
   fs::remove_all(final_dir);
   fs::rename(tmp, final_dir);
@@ -108,6 +142,7 @@ TrainState load_train_state(const fs::path& dir, const NamedParameters& trainabl
                      " processes; resume with the same number (the data position counts "
                      "per-rank batches)");
   }
+  verify_files(dir, j, state_file.string());
   SafetensorsFile reader(dir / "trainable.safetensors");
   at::NoGradGuard no_grad;
   for (const auto& [name, p] : trainable) {
@@ -130,11 +165,19 @@ TrainState load_train_state(const fs::path& dir, const NamedParameters& trainabl
     state.label_tokens = j.at("label_tokens");
     state.samples = j.at("samples");
     state.activations = j.value("activations", int64_t{0});  // older checkpoints: measured anew
+    state.data_sha256 = j.value("data_sha256", std::string());
     const std::string rng = dist.world_size > 1
                                 ? j.at("rank_rng_states").at(dist.rank).get<std::string>()
                                 : j.at("rng_state").get<std::string>();
     auto generator = at::detail::getDefaultCPUGenerator();
-    generator.set_state(from_hex(rng, state_file.string()));
+    try {
+      generator.set_state(from_hex(rng, state_file.string()));
+    } catch (const c10::Error& e) {
+      const std::string what = e.what_without_backtrace();
+      throw InputError(state_file.string() + ": field '" +
+                       (dist.world_size > 1 ? "rank_rng_states" : "rng_state") +
+                       "' is not a generator state (" + what.substr(0, what.find('\n')) + ")");
+    }
   } catch (const nlohmann::json::exception& e) {
     throw InputError(state_file.string() + ": " + e.what());
   }

@@ -29,15 +29,18 @@ struct TrainState {
   int64_t label_tokens = 0;
   int64_t samples = 0;      // real samples: wrap-around repeats are not counted
   int64_t activations = 0;  // the most bytes a micro-batch's forward held (Trainer)
+  std::string data_sha256;  // sha256 of the dataset's manifest.json ("": not recorded)
 };
 
-// The newest `step-N` folder in `checkpoints` (a finished write: no ".tmp"), or an empty path.
+// The newest `step-N` folder in `checkpoints` (a finished write: no ".tmp"; N digits only, other
+// names are not training states), or an empty path.
 std::filesystem::path latest_train_state(const std::filesystem::path& checkpoints);
 
 // A uint8 tensor (a generator's state) as lowercase hex: state.json's rng_state.
 std::string hex_bytes(const at::Tensor& bytes);
 
 // Writes checkpoints/step-<state.step>/ and then removes every older folder in `checkpoints`.
+// state.json records the sha256 of each tensor file ("files") and state.data_sha256.
 // `rank_rng_states`: in a data-parallel run, every rank's CPU generator state (hex_bytes) in rank order;
 // empty for one process. Only the CPU generator is saved: on CPU each rank resumes its own
 // dropout stream exactly, but CUDA generators (dropout on a GPU) are not restored, so a resumed
@@ -48,8 +51,10 @@ void save_train_state(const std::filesystem::path& checkpoints, const TrainState
 
 // Reads a step-N folder into `trainable` (copied in place), `optimizer` and this rank's CPU
 // generator, and returns the state. Every rank of a data-parallel run reads the folder rank 0
-// wrote. Throws InputError naming the file on another format, another world size, a missing or
-// mis-shaped tensor, or a missing field.
+// wrote. Throws InputError naming the file on another format, another world size, a tensor file
+// whose sha256 is not the one state.json records, a missing or mis-shaped tensor, a missing
+// field or a generator state of the wrong size. (States written before checksums were recorded
+// have no "files" and are read unchecked.)
 TrainState load_train_state(const std::filesystem::path& dir, const NamedParameters& trainable,
                             AdamW& optimizer, const DistributedConfig& dist);
 

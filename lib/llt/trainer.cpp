@@ -13,6 +13,7 @@
 #include "llt/memory.h"
 #include "llt/recompute.h"
 #include "llt/runtime.h"
+#include "llt/sha256.h"
 
 namespace llt {
 namespace fs = std::filesystem;
@@ -111,6 +112,7 @@ Trainer::Trainer(TransformerImpl& model, const Dataset& data, int64_t pad_id,
   steps_per_epoch_ = (sampler_.batches_per_epoch() + config.grad_accum - 1) / config.grad_accum;
   const int64_t world = group ? group->world_size() : 1;
   repeats_per_epoch_ = sampler_.samples_per_epoch() * world - data.size();
+  state_.data_sha256 = sha256_file(data.dir() / "manifest.json");
 }
 
 int64_t Trainer::batches_per_epoch() const { return sampler_.batches_per_epoch(); }
@@ -123,7 +125,20 @@ void Trainer::resume(const fs::path& dir) {
   DistributedConfig dist;
   dist.world_size = group_ ? group_->world_size() : 1;
   dist.rank = group_ ? group_->rank() : 0;
+  const std::string data_sha256 = state_.data_sha256;
   state_ = load_train_state(dir, params_.trainable, optimizer_, dist);  // reads only
+  const std::string where = (dir / "state.json").string();
+  if (!state_.data_sha256.empty() && state_.data_sha256 != data_sha256) {
+    throw InputError(where + ": the run trained on a dataset whose manifest.json has sha256 " +
+                     state_.data_sha256 + ", --data " + data_.dir().string() + " has " +
+                     data_sha256 + "; resume with the same --data, or start a new run folder");
+  }
+  state_.data_sha256 = data_sha256;
+  if (state_.step > total_steps()) {
+    throw InputError(where + ": step " + std::to_string(state_.step) +
+                     " lies beyond this run's schedule of " + std::to_string(total_steps()) +
+                     " steps (--data, --epochs, --batch-size, --grad-accum)");
+  }
   sampler_.set_position(state_.data);
   scaler_.load_state(state_.scaler);
 }

@@ -365,6 +365,9 @@ ReportToolOptions parse_report(int argc, char** argv) {
   app.add_flag("--no-plots", o.no_plots, "Write the tables and sheet only (no gnuplot needed)");
   app.add_option("--gnuplot", o.gnuplot, "gnuplot program (a name on PATH or a path)")
       ->capture_default_str();
+  app.add_option("--gnuplot-timeout", o.gnuplot_timeout_s,
+                 "Seconds gnuplot may take per plot before it is stopped (0: no limit)")
+      ->capture_default_str();
   parse_or_exit(app, argc, argv);
   return o;
 }

@@ -25,7 +25,9 @@
 #include "llt/optim.h"
 #include "llt/recompute.h"
 #include "llt/runtime.h"
+#include "llt/tools/cli.h"
 #include "llt/tools/run_folder.h"
+#include "llt/tools/run_lock.h"
 #include "llt/trainer.h"
 #include "llt/version.h"
 #include "llt/weights.h"
@@ -57,17 +59,11 @@ struct Run {
   LoadedModel loaded;
 };
 
-// Where a run starts: the training state to resume from, or none. Refuses an existing run
-// folder unless --resume says otherwise (nothing a user has is overwritten silently).
+// Where a run starts: the training state to resume from, or none. (--resume never: RunLock
+// refused an existing run folder, so nothing a user has is overwritten.)
 fs::path resolve_resume(const FinetuneToolOptions& o) {
   const fs::path dir(o.output);
-  if (o.train.resume == ResumeMode::kNever) {
-    if (fs::exists(dir)) {
-      throw InputError(o.output + ": the run folder exists (--output); pass --resume auto to "
-                       "continue it, or choose another folder");
-    }
-    return {};
-  }
+  if (o.train.resume == ResumeMode::kNever) return {};
   if (o.train.resume == ResumeMode::kAuto) return latest_train_state(dir / "checkpoints");
   const std::string& resume = o.train.resume_path;
   if (!fs::exists(fs::path(resume) / "state.json")) {
@@ -354,10 +350,13 @@ void train(Trainer& t, Run& r, const FinetuneToolOptions& o, Logs& logs,
       return;
     }
     if (s.non_finite) {
+      const std::string what = std::isfinite(s.loss) ? "gradients" : "loss";
       out.status = "nan";
-      out.error = "non-finite " + std::string(std::isfinite(s.loss) ? "gradients" : "loss") +
-                  " at step " + std::to_string(step) + " (loss " + std::to_string(s.loss) +
-                  "); lower --lr or use --grad-clip";
+      out.error = "non-finite " + what + " at step " + std::to_string(step) + " (loss " +
+                  std::to_string(s.loss) + "); " +
+                  (step == 1 ? "no update had been made, so the learning rate is not the cause: "
+                               "check --model for NaN/inf weights, or use a wider --precision"
+                             : "lower --lr or use --grad-clip");
       out.code = static_cast<int>(ExitCode::kNonFinite);
       return;
     }
@@ -409,20 +408,37 @@ void request_stop() {
   g_stop_requested = true;
 }
 
+namespace {
+
+void install_stop_handlers() {
+  struct sigaction action {};
+  action.sa_handler = on_stop_signal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;
+  sigaction(SIGUSR1, &action, nullptr);
+  sigaction(SIGTERM, &action, nullptr);
+}
+
+}  // namespace
+
 int run_finetune(const FinetuneToolOptions& o) {
   // First of all, so a stop signal while the model loads is a clean exit 75, not a kill.
-  std::signal(SIGUSR1, on_stop_signal);
-  std::signal(SIGTERM, on_stop_signal);
+  install_stop_handlers();
   // Data parallel (lib/llt/distributed.h): every rank checks the flags and the run folder, then
   // all join; only then does rank 0 create the folder. Rank 0 writes what the run shares.
   const DistributedConfig dist = resolve_distributed_config(o.dist, process_environment());
   const bool lead = dist.rank == 0;
-  const fs::path resume_from = resolve_resume(o);
+  // Rank 0 locks the run folder (creating it) before it reads the latest training state; the
+  // other ranks look for that state once all have joined, so after rank 0 holds the lock.
+  std::optional<RunLock> lock;
+  if (lead) lock.emplace(o.output, o.train.resume == ResumeMode::kNever);
+  fs::path resume_from = lead ? resolve_resume(o) : fs::path();
   std::unique_ptr<ProcessGroup> group;
   if (dist.world_size > 1) {
     group = std::make_unique<ProcessGroup>(
         dist, device_for_rank(resolve_device(o.model.device), dist), o.dist.timeout);
   }
+  if (!lead) resume_from = resolve_resume(o);
   const std::string who =
       lead ? "llt-finetune" : "llt-finetune (rank " + std::to_string(dist.rank) + ")";
   // The ranks leave together: rank 1..N wait here until rank 0 has written the training state,
@@ -454,7 +470,7 @@ int run_finetune(const FinetuneToolOptions& o) {
                 << (resume_from.empty() ? "nothing written"
                                         : resume_from.string() + " is still the latest checkpoint")
                 << "\n";
-      if (fs::exists(r.dir)) {
+      if (!lock->created()) {  // a new folder is removed with the lock: nothing was written
         MemoryMonitor monitor(r.device);
         write_summary(r, o, trainer,
                       {"preempted", "stopped before training started", 0, true, 0}, monitor);
@@ -488,3 +504,10 @@ int run_finetune(const FinetuneToolOptions& o) {
 }
 
 }  // namespace llt::tools
+
+extern "C" int llt_finetune_main(int argc, char** argv, const volatile sig_atomic_t* stopped) {
+  using namespace llt::tools;
+  install_stop_handlers();  // from here on ours; before, the launcher's flag held any signal
+  if (*stopped != 0) request_stop();
+  return tool_main("llt-finetune", [&] { return run_finetune(parse_finetune(argc, argv)); });
+}

@@ -3,6 +3,7 @@
 // The numerics are DESIGN.md's "Training numerics"; the run folder is DESIGN.md's flow.
 #pragma once
 
+#include <csignal>
 #include <cstdint>
 #include <string>
 
@@ -22,3 +23,8 @@ int run_finetune(const FinetuneToolOptions& options);
 void request_stop();
 
 }  // namespace llt::tools
+
+// llt-finetune's whole run (parse, run, exit code) for its launcher (apps/llt-finetune), which
+// loads this library only after it has caught the stop signals itself: `stopped` is the
+// launcher's flag, set by a stop signal that came while the library was loading.
+extern "C" int llt_finetune_main(int argc, char** argv, const volatile sig_atomic_t* stopped);

@@ -88,6 +88,7 @@ struct ReportToolOptions {
   bool overwrite = false;           // --overwrite: replace report files already in --output
   bool no_plots = false;            // --no-plots: tables and sheet only (gnuplot not needed)
   std::string gnuplot = "gnuplot";  // --gnuplot: the gnuplot program, a name on PATH or a path
+  double gnuplot_timeout_s = 120;   // --gnuplot-timeout: seconds per plot at most (0: no limit)
 };
 
 // llt-tokenize (lib/llt/tools/tokenize): Alpaca JSON/JSONL -> HDF5 shards (DESIGN.md "Shards").

@@ -1,13 +1,17 @@
 #include "llt/tools/report.h"
 
 #include <algorithm>
+#include <cerrno>
+#include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdlib>
 #include <functional>
 #include <iostream>
 #include <set>
 #include <sstream>
 #include <system_error>
+#include <thread>
 
 #include <fcntl.h>
 #include <nlohmann/json.hpp>
@@ -89,10 +93,11 @@ std::string folder_name(const fs::path& dir) {
 // ---------------------------------------------------------------------------------------------
 // Running gnuplot.
 
-// The program's path, or "" if it is not found (`program` may be a name on PATH or a path).
+// The program's absolute path, or "" if it is not found (`program` may be a name on PATH or a
+// path; a relative path is taken from the current folder, before gnuplot runs elsewhere).
 std::string find_program(const std::string& program) {
   if (program.find('/') != std::string::npos) {
-    return access(program.c_str(), X_OK) == 0 ? program : "";
+    return access(program.c_str(), X_OK) == 0 ? fs::absolute(program).string() : "";
   }
   const char* path = std::getenv("PATH");
   std::istringstream dirs(path != nullptr ? path : "/usr/bin:/bin");
@@ -105,12 +110,41 @@ std::string find_program(const std::string& program) {
   return "";
 }
 
-// Runs `program script` inside `dir`; its output goes to a log that is read back on failure.
-void run_gnuplot(const std::string& program, const fs::path& dir, const std::string& script) {
+std::string seconds_text(double s) {
+  std::ostringstream out;
+  out << s;
+  return out.str();
+}
+
+// Waits for `pid` at most `timeout_s` seconds (0: no limit); kills it at the limit. Returns
+// whether it ended by itself, its wait status in `status`.
+bool wait_for(pid_t pid, double timeout_s, int& status) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+  while (true) {
+    const pid_t done = waitpid(pid, &status, timeout_s > 0 ? WNOHANG : 0);
+    if (done == pid) return true;
+    if (done < 0 && errno != EINTR) return true;  // not our child any more: nothing to wait for
+    if (timeout_s > 0 && std::chrono::steady_clock::now() >= deadline) {
+      kill(-pid, SIGKILL);  // its process group: gnuplot and anything it started
+      kill(pid, SIGKILL);
+      while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+      }
+      return false;
+    }
+    if (timeout_s > 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+}
+
+// Runs `program script` inside `dir` for at most `timeout_s` seconds; its output goes to a log
+// that is read back on failure.
+void run_gnuplot(const std::string& program, const fs::path& dir, const std::string& script,
+                 double timeout_s) {
   const fs::path log = dir / (script + ".log");
   const pid_t pid = fork();
   if (pid < 0) throw RuntimeError("cannot start " + program + ": fork failed");
+  if (pid > 0) setpgid(pid, pid);  // as the child does: no race with a kill at the limit
   if (pid == 0) {
+    setpgid(0, 0);
     const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd < 0 || chdir(dir.c_str()) != 0) _exit(127);
     dup2(fd, STDOUT_FILENO);
@@ -119,8 +153,7 @@ void run_gnuplot(const std::string& program, const fs::path& dir, const std::str
     _exit(127);
   }
   int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
+  const bool ended = wait_for(pid, timeout_s, status);
   std::string output;
   try {
     output = read_file(log);
@@ -128,6 +161,10 @@ void run_gnuplot(const std::string& program, const fs::path& dir, const std::str
   }
   std::error_code ignored;
   fs::remove(log, ignored);
+  if (!ended) {
+    throw RuntimeError(program + " did not finish " + (dir / script).string() + " within " +
+                       seconds_text(timeout_s) + " s (--gnuplot-timeout); it was stopped");
+  }
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
     const auto end = output.find_last_not_of("\n ");
     output = one_line(output.substr(0, end == std::string::npos ? 0 : end + 1));
@@ -211,8 +248,9 @@ std::vector<RunRecord> read_runs(const std::vector<std::string>& dirs) {
   for (const auto& dir : dirs) {
     runs.push_back(read_run(dir));
     std::error_code ec;
-    const std::string canonical = fs::weakly_canonical(dir, ec).string();
-    if (!seen.insert(canonical).second) throw InputError(dir + ": run folder given twice");
+    fs::path canonical = fs::weakly_canonical(dir, ec);
+    if (ec) canonical = fs::absolute(dir).lexically_normal();
+    if (!seen.insert(canonical.string()).second) throw InputError(dir + ": run folder given twice");
   }
   // Folders with the same name (a/run, b/run) are named by their path as given instead.
   std::map<std::string, int> count;
@@ -226,6 +264,10 @@ std::vector<RunRecord> read_runs(const std::vector<std::string>& dirs) {
 int run_report(const ReportToolOptions& options) {
   if (options.runs.empty()) throw InputError("llt-report: give at least one RUN_DIR");
   if (options.output.empty()) throw InputError("llt-report: give --output DIR");
+  if (!(options.gnuplot_timeout_s >= 0) || std::isinf(options.gnuplot_timeout_s)) {
+    throw InputError("--gnuplot-timeout must be a number of seconds >= 0 (0: no limit), got " +
+                     seconds_text(options.gnuplot_timeout_s));
+  }
   const std::vector<RunRecord> runs = read_runs(options.runs);
   for (const auto& r : runs) {
     if (r.partial_files.empty()) continue;
@@ -280,7 +322,8 @@ int run_report(const ReportToolOptions& options) {
       fs::create_directories(staging);
       for (const auto& [name, content] : plots) write_file_atomic(staging / name, content, true);
       for (const auto& png : pngs) {
-        run_gnuplot(gnuplot, staging, png.substr(0, png.size() - 4) + ".gp");
+        run_gnuplot(gnuplot, staging, png.substr(0, png.size() - 4) + ".gp",
+                    options.gnuplot_timeout_s);
         if (!is_png(staging / png)) {
           throw RuntimeError(gnuplot + " did not write a PNG: " + (staging / png).string());
         }

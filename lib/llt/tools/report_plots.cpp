@@ -13,13 +13,37 @@ using report_format::allocator_kind, report_format::checkpoint_groups, report_fo
 
 namespace {
 
+bool is_control(char c) {
+  return static_cast<unsigned char>(c) < 0x20 || c == 0x7f;
+}
+
+// A run's name or any other text in a gnuplot script, as a single-quoted string: gnuplot does
+// no backquote (shell) or macro substitution inside single quotes, and '' is the one escape.
+// Control characters (a newline would end the command) show as '?'.
 std::string gnuplot_string(const std::string& text) {
-  std::string out = "\"";
+  std::string out = "'";
   for (const char c : text) {
-    if (c == '"' || c == '\\') out += '\\';
-    out += c == '\n' ? ' ' : c;
+    if (c == '\'') {
+      out += "''";
+    } else {
+      out += is_control(c) ? '?' : c;
+    }
   }
-  return out + "\"";
+  return out + "'";
+}
+
+// Text in a data file's comment line: one line.
+std::string data_comment(std::string text) {
+  std::replace_if(text.begin(), text.end(), is_control, '?');
+  return text;
+}
+
+// Text in a data file's column: one word, no quotes ("-" when empty).
+std::string data_word(std::string text) {
+  std::replace_if(
+      text.begin(), text.end(),
+      [](char c) { return is_control(c) || c == ' ' || c == '"' || c == '\'' || c == '#'; }, '_');
+  return text.empty() ? "-" : text;
 }
 
 // Line i's colour (matplotlib's ten), point and dash: distinct for the first 10 x 8 lines.
@@ -54,7 +78,7 @@ void loss_plot(const std::vector<RunRecord>& runs, std::map<std::string, std::st
   for (const auto& r : runs) {
     if (r.metrics.empty()) continue;
     if (!plots.empty()) dat << "\n\n";
-    dat << "# run " << r.name << "\n# step loss\n";
+    dat << "# run " << data_comment(r.name) << "\n# step loss\n";
     for (const auto& m : r.metrics) dat << m.step << " " << number_or_nan(m.loss, 6) << "\n";
     plots.push_back("\"loss.dat\" index " + std::to_string(plots.size()) +
                     " using 1:2 with linespoints pointsize 0.6" + line_style(plots.size()) +
@@ -78,10 +102,10 @@ void memory_plot(const std::vector<RunRecord>& runs, std::map<std::string, std::
   for (const auto& r : runs) {
     if (r.memory.empty()) continue;
     if (!names.empty()) dat << "\n\n";
-    dat << "# run " << r.name << "\n# t_s step allocated_mib rss_mib phase\n";
+    dat << "# run " << data_comment(r.name) << "\n# t_s step allocated_mib rss_mib phase\n";
     for (const auto& m : r.memory) {
       dat << fixed(m.t, 6) << " " << m.step << " " << mib(m.allocated, 3) << " " << mib(m.rss, 3)
-          << " " << (m.phase.empty() ? "-" : m.phase) << "\n";
+          << " " << data_word(m.phase) << "\n";
     }
     names.push_back(r.name);
   }
@@ -124,10 +148,9 @@ void table2_plot(const std::vector<RunRecord>& all, std::map<std::string, std::s
     for (const auto* r : runs) {
       const RunSummary& s = *r->summary;
       if (s.grad_checkpoint != groups[g]) continue;
-      std::string name = r->name;
-      std::replace(name.begin(), name.end(), '"', '\'');
       dat << fixed(grid_column(s) + shift, 4) << " " << mib(s.peak_allocated_training, 3) << " "
-          << fixed(s.runtime_s, 3) << " " << s.status << " \"" << name << "\"\n";
+          << fixed(s.runtime_s, 3) << " " << data_word(s.status) << " " << data_word(r->name)
+          << "\n";
     }
   }
   std::string xtics = "set xtics (";

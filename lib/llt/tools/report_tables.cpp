@@ -54,8 +54,24 @@ std::string md_cell(const std::string& text) {
   return out;
 }
 
+// A name as inline code in a table cell: fenced by one more backquote than its longest run of
+// them (padded with spaces when it starts or ends with one), pipes escaped, one line.
 std::string md_code(const std::string& name) {
-  return "`" + name + "`";
+  size_t longest = 0;
+  size_t run = 0;
+  std::string text;
+  for (const char c : name) {
+    run = c == '`' ? run + 1 : 0;
+    longest = std::max(longest, run);
+    if (c == '|') {
+      text += "\\|";
+    } else {
+      text += static_cast<unsigned char>(c) < 0x20 ? ' ' : c;
+    }
+  }
+  const std::string fence(longest + 1, '`');
+  const bool pad = !name.empty() && (name.front() == '`' || name.back() == '`');
+  return fence + (pad ? " " : "") + text + (pad ? " " : "") + fence;
 }
 
 std::string csv_field(const std::string& text) {
@@ -367,7 +383,9 @@ std::string table1_markdown(const std::vector<RunRecord>& all) {
     pairs.push_back(find_pairs(t, runs));
     md << " " << title(t) << " |";
   }
-  md << "\n|---|---|---|---|---|\n";
+  md << "\n|---|";
+  for (size_t i = 0; i < kTechniques.size(); ++i) md << "---|";
+  md << "\n";
   for (const auto& q : quantities()) {
     md << "| " << q.label << " |";
     for (const auto& p : pairs) {

@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <iomanip>
 #include <iostream>
+#include <map>
 #include <set>
 #include <sstream>
+#include <vector>
 
 #include <unistd.h>
 
@@ -125,12 +127,27 @@ void JsonlWriter::write(const nlohmann::json& record) {
 void truncate_metrics(const fs::path& path, int64_t step) {
   if (!fs::exists(path)) return;
   std::istringstream in(read_file(path));
-  std::string kept;
+  std::vector<std::string> kept;
+  std::map<int64_t, size_t> training;  // step -> its training record's place in `kept`
   for (std::string line; std::getline(in, line);) {
-    const auto j = nlohmann::json::parse(line, nullptr, false);
-    if (j.is_object() && j.value("step", int64_t{0}) <= step) kept += line + "\n";
+    const auto j = nlohmann::json::parse(line, nullptr, false);  // a torn last line: dropped
+    if (!j.is_object() || !j.contains("step") || !j["step"].is_number_integer()) continue;
+    const int64_t at = j["step"].get<int64_t>();
+    if (at > step) continue;
+    if (!j.contains("loss")) {  // another kind of record (evaluation): kept as it is
+      kept.push_back(line);
+      continue;
+    }
+    const auto [it, first] = training.emplace(at, kept.size());
+    if (first) {
+      kept.push_back(line);
+    } else {
+      kept[it->second] = line;  // the step again (a resumed run logged it twice): the later one
+    }
   }
-  write_file_atomic(path, kept, /*overwrite=*/true);
+  std::string text;
+  for (const auto& line : kept) text += line + "\n";
+  write_file_atomic(path, text, /*overwrite=*/true);
 }
 
 MemorySample MemoryMonitor::sample() {

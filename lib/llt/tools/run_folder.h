@@ -92,7 +92,8 @@ class JsonlWriter {
 };
 
 // Keeps the records of steps <= `step` in a metrics.jsonl (a resumed run rewrites what came
-// after); nothing when the file does not exist.
+// after), one training record (with "loss") per step, and drops lines that are not whole
+// records; nothing when the file does not exist.
 void truncate_metrics(const std::filesystem::path& path, int64_t step);
 
 // Memory samples with the run's peaks kept across the per-step resets.
