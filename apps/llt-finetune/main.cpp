@@ -11,6 +11,8 @@
 #include <cstdio>
 #include <string>
 
+#include "llt/tools/stop_signals.h"
+
 namespace {
 
 volatile sig_atomic_t g_stopped = 0;
@@ -20,12 +22,7 @@ extern "C" void on_stop_signal(int) { g_stopped = 1; }
 }  // namespace
 
 int main(int argc, char** argv) {
-  struct sigaction action {};
-  action.sa_handler = on_stop_signal;
-  sigemptyset(&action.sa_mask);
-  action.sa_flags = SA_RESTART;
-  sigaction(SIGUSR1, &action, nullptr);
-  sigaction(SIGTERM, &action, nullptr);
+  llt::tools::catch_stop_signals(on_stop_signal);
   // The library lies beside the binary's real path (a symlink in /usr/local/bin is followed).
   char exe[PATH_MAX];
   const ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);

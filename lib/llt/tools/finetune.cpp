@@ -26,6 +26,7 @@
 #include "llt/recompute.h"
 #include "llt/runtime.h"
 #include "llt/tools/cli.h"
+#include "llt/tools/stop_signals.h"
 #include "llt/tools/run_folder.h"
 #include "llt/tools/run_lock.h"
 #include "llt/trainer.h"
@@ -408,22 +409,9 @@ void request_stop() {
   g_stop_requested = true;
 }
 
-namespace {
-
-void install_stop_handlers() {
-  struct sigaction action {};
-  action.sa_handler = on_stop_signal;
-  sigemptyset(&action.sa_mask);
-  action.sa_flags = SA_RESTART;
-  sigaction(SIGUSR1, &action, nullptr);
-  sigaction(SIGTERM, &action, nullptr);
-}
-
-}  // namespace
-
 int run_finetune(const FinetuneToolOptions& o) {
   // First of all, so a stop signal while the model loads is a clean exit 75, not a kill.
-  install_stop_handlers();
+  catch_stop_signals(on_stop_signal);
   // Data parallel (lib/llt/distributed.h): every rank checks the flags and the run folder, then
   // all join; only then does rank 0 create the folder. Rank 0 writes what the run shares.
   const DistributedConfig dist = resolve_distributed_config(o.dist, process_environment());
@@ -507,7 +495,7 @@ int run_finetune(const FinetuneToolOptions& o) {
 
 extern "C" int llt_finetune_main(int argc, char** argv, const volatile sig_atomic_t* stopped) {
   using namespace llt::tools;
-  install_stop_handlers();  // from here on ours; before, the launcher's flag held any signal
+  catch_stop_signals(on_stop_signal);  // from here on ours; before, the launcher's flag held any signal
   if (*stopped != 0) request_stop();
   return tool_main("llt-finetune", [&] { return run_finetune(parse_finetune(argc, argv)); });
 }
