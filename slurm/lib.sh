@@ -22,7 +22,7 @@ llt_say() { echo "llt job: $*" >&2; }
 declare -A LLT_JOB=(
   [container]=""     # an Apptainer image (.sif): run the tools inside it; "" = native tools
   [modules]=""       # modules to `module load` after `module purge` (space-separated)
-  [binds]=""         # extra `apptainer --bind` paths, comma-separated (e.g. /project,/scratch1)
+  [binds]=""         # extra `apptainer --bind` paths, comma-separated (e.g. /project2,/scratch1)
   [sample-every]=10  # seconds between memory samples (nvidia-smi, RSS)
   [max-requeues]=5   # requeue a pre-empted job at most this many times
 )

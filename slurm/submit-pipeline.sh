@@ -7,7 +7,10 @@
 #   and report-before-after over eval-base, eval, generate-base and generate once all four have
 #   ended (afterany: a folder whose job died before llt wrote anything is left out, with a
 #   warning), for llt-report's before/after sheet (base vs fine-tuned).
-# Usage: slurm/submit-pipeline.sh [--cpu-test] [--no-ablation]
+# Usage: slurm/submit-pipeline.sh [--account NAME] [--cpu-test] [--no-ablation]
+#   --account NAME the SLURM account every job is charged to (on CARC your project's,
+#                  <group>_<id>); without it SBATCH_ACCOUNT must be set, or nothing is submitted
+#                  (CARC would charge the user's default account).
 #   --cpu-test     the same templates in their CPU mode, for CI and a local SLURM: the shipped
 #                  260K-parameter model and its tokenizer, --device cpu, fp32, 2 optimizer steps,
 #                  1 core and 1 GB per job, native tools from $LLT_BIN, no modules or container.
@@ -22,14 +25,24 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export LLT_ROOT=$PWD
 
-cpu_test=0 ablation=1
-for arg in "$@"; do
-  case $arg in
+usage="usage: $0 [--account NAME] [--cpu-test] [--no-ablation]"
+cpu_test=0 ablation=1 account=${SBATCH_ACCOUNT:-}
+while (($#)); do
+  case $1 in
+    --account) (($# >= 2)) || { echo "$usage" >&2; exit 1; }; account=$2; shift ;;
+    --account=*) account=${1#--account=} ;;
     --cpu-test) cpu_test=1 ;;
     --no-ablation) ablation=0 ;;
-    *) echo "usage: $0 [--cpu-test] [--no-ablation]" >&2; exit 1 ;;
+    *) echo "$usage" >&2; exit 1 ;;
   esac
+  shift
 done
+if [[ -z $account ]]; then
+  echo "submit-pipeline.sh: no account: pass --account NAME or set SBATCH_ACCOUNT (your" \
+    "project's account, e.g. <group>_<id>; CARC would charge your default one); nothing submitted" >&2
+  exit 1
+fi
+export SBATCH_ACCOUNT=$account  # sbatch reads it for every job below
 
 export LLT_RESULTS=${LLT_RESULTS:-$LLT_ROOT/results}
 mkdir -p "$LLT_RESULTS"

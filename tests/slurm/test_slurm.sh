@@ -113,7 +113,14 @@ start=$SECONDS
 
 if [[ $case_name == pipeline ]]; then
   export LLT_DATA=$work/data LLT_ABLATION_ARRAY=0,7,9,14
-  out=$(slurm/submit-pipeline.sh --cpu-test 2>&1)
+  # Without an account nothing is submitted (CARC would charge the default one).
+  before=$(squeue -h -o %i | wc -l)
+  check "submit-pipeline.sh without an account exits 1 naming --account" bash -c \
+    'out=$(env -u SBATCH_ACCOUNT slurm/submit-pipeline.sh --cpu-test 2>&1); rc=$?
+     ((rc == 1)) && grep -q -- "--account" <<<"$out"'
+  check "submit-pipeline.sh without an account submitted nothing" \
+    test "$(squeue -h -o %i | wc -l)" = "$before"
+  out=$(slurm/submit-pipeline.sh --cpu-test --account llt-test 2>&1)
   echo "$out"
   jobs_line=" $(tail -1 <<<"$out")"
   id() { sed -n "s/.* $1=\([0-9]*\).*/\1/p" <<<"$jobs_line"; }
@@ -133,6 +140,7 @@ if [[ $case_name == pipeline ]]; then
   d=$r/$smoke-smoke-p100
   check "smoke: COMPLETED" state_is "$smoke" COMPLETED
   check "smoke: on partition gpu" grep -q ' Partition=gpu ' "$d/job.txt"
+  check "smoke: charged to the account given" grep -q 'Account=llt-test ' "$d/job.txt"
   check "smoke: asked for gres gpu:p100:1" grep -q 'TresPerNode=gres:gpu:p100:1' "$d/job.txt"
   check "smoke: the 1-layer model" grep -qx 'n-layers=1' "$d/config.toml"
   check "smoke: summary status ok" status_ok "$d"
