@@ -441,6 +441,39 @@ TEST(DataParallel, FullFineTuningTwoRanksEqualOneProcessWithTwiceTheAccumulation
   expect_two_ranks_equal_one("full", {"--lora-rank", "0"});
 }
 
+// --eval-data on 2 ranks: each scores half of the samples, the sums are all-reduced. Before any
+// update the ranks hold the same weights, so the figure is one process's up to the order of the
+// fp64 sum; later it differs as the weights do (above).
+TEST(DataParallel, ValidationOnTwoRanksEqualsOneProcess) {
+  LLT_REQUIRE_GLOO();
+  const auto dir = fresh_dir("validation");
+  auto one_args = finetune_args(dir / "one", 4), two_args = finetune_args(dir / "two", 2);
+  for (auto* a : {&one_args, &two_args}) {
+    a->insert(a->end(), {"--max-steps", "3", "--eval-data", dataset().string(), "--eval-every",
+                         "2"});
+  }
+  ASSERT_EQ(run_ranks(one_args, dir / "one", 1), (std::vector<int>{0})) << rank_log(dir / "one", 0);
+  ASSERT_EQ(run_ranks(two_args, dir / "two", 2), (std::vector<int>{0, 0}))
+      << rank_log(dir / "two", 0) << rank_log(dir / "two", 1);
+  auto evals = [](const fs::path& metrics) {
+    std::vector<nlohmann::json> out;
+    for (const auto& r : jsonl(metrics)) {
+      if (r.contains("eval_loss")) out.push_back(r);
+    }
+    return out;
+  };
+  const auto a = evals(dir / "one/metrics.jsonl"), b = evals(dir / "two/metrics.jsonl");
+  ASSERT_EQ(a.size(), 3u) << "steps 0, 2 and 3";
+  ASSERT_EQ(b.size(), 3u) << "rank 0 writes them, once";
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i]["step"], b[i]["step"]);
+    EXPECT_EQ(a[i]["eval_tokens"], b[i]["eval_tokens"]) << "every sample scored once";
+    const double la = a[i]["eval_loss"], lb = b[i]["eval_loss"];
+    EXPECT_NEAR(la, lb, (i == 0 ? 1e-12 : 1e-5) * la) << "step " << a[i]["step"];
+  }
+  EXPECT_EQ(jsonl(dir / "two/metrics.jsonl").size(), 6u) << "3 training and 3 eval records";
+}
+
 TEST(DataParallel, WorldSizeTwoWithoutRendezvousIsAOneLineErrorBeforeAnythingIsWritten) {
   const auto dir = fresh_dir("no_rendezvous");
   auto args = finetune_args(dir / "run", 2);

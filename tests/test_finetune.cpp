@@ -16,10 +16,13 @@
 #include "llt/dataset.h"
 #include "llt/errors.h"
 #include "llt/io.h"
+#include "llt/tools/cli.h"
 #include "llt/tools/finetune.h"
 #include "llt/tools/options.h"
+#include "llt/tools/perplexity.h"
 #include "llt/tools/tokenize.h"
 #include "llt/weights.h"
+#include "test_support.h"
 
 using namespace llt::tools;  // the tool layer under test
 
@@ -53,6 +56,23 @@ fs::path dataset() {
     t.threads = 1;
     EXPECT_EQ(run_tokenize(t, "test_train"), 0);
     return temp_root() / "data";
+  }();
+  return dir;
+}
+
+// Records 48-71, held out from dataset()'s, for --eval-data.
+fs::path eval_dataset() {
+  static const fs::path dir = [] {
+    TokenizeToolOptions t;
+    t.input = (fs::path(LLT_SOURCE_DIR) / "assets/data/alpaca/alpaca_data_first_5000.json").string();
+    t.tokenizer = (kStories / "tok512.model").string();
+    t.output = (temp_root() / "eval_data").string();
+    t.skip = 48;
+    t.first = 24;
+    t.max_len = 320;
+    t.threads = 1;
+    EXPECT_EQ(run_tokenize(t, "test_train"), 0);
+    return temp_root() / "eval_data";
   }();
   return dir;
 }
@@ -278,6 +298,137 @@ TEST(Finetune, NonFiniteLossStopsWithStatusNan) {
   const auto s = summary(o);
   EXPECT_EQ(s["status"], "nan");
   EXPECT_LT(s["steps"].get<int64_t>(), 12);
+}
+
+}  // namespace
+}  // namespace llt
+
+namespace llt {
+namespace {
+
+using llt::testing::expect_input_error;
+
+// --eval-data: evaluation records apart from the training ones, the first before any update.
+std::vector<nlohmann::json> records_with(const std::vector<nlohmann::json>& rows, const char* key) {
+  std::vector<nlohmann::json> out;
+  for (const auto& r : rows) {
+    if (r.contains(key)) out.push_back(r);
+  }
+  return out;
+}
+
+FinetuneToolOptions validated(const std::string& run) {
+  auto o = base_options(run);
+  o.eval_data = eval_dataset().string();
+  o.eval_every = 2;
+  o.train.max_steps = 5;
+  return o;
+}
+
+TEST(Validation, EvaluatesAtStepZeroEveryNStepsAndAtTheEnd) {
+  const auto o = validated("eval_every");
+  ASSERT_EQ(run_finetune(o), 0);
+  const auto rows = metrics(o);
+  const auto training = records_with(rows, "loss"), eval = records_with(rows, "eval_loss");
+  ASSERT_EQ(training.size(), 5u) << "one training record per step";
+  ASSERT_EQ(eval.size(), 4u);
+  const std::vector<int64_t> steps{0, 2, 4, 5};
+  for (size_t i = 0; i < eval.size(); ++i) {
+    EXPECT_EQ(eval[i]["step"], steps[i]);
+    EXPECT_FALSE(eval[i].contains("loss"));
+    EXPECT_NEAR(eval[i]["eval_perplexity"].get<double>(),
+                std::exp(eval[i]["eval_loss"].get<double>()), 1e-9);
+    EXPECT_GT(eval[i]["eval_tokens"].get<int64_t>(), 0);
+    EXPECT_GE(eval[i]["eval_s"].get<double>(), 0);
+  }
+  EXPECT_LT(eval.back()["eval_loss"].get<double>(), eval.front()["eval_loss"].get<double>());
+  // Every evaluation is in memory.jsonl too.
+  std::istringstream memory(read_file(fs::path(o.output) / "memory.jsonl"));
+  std::vector<int64_t> eval_steps;
+  for (std::string line; std::getline(memory, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j["phase"] == "eval") eval_steps.push_back(j["step"].get<int64_t>());
+  }
+  EXPECT_EQ(eval_steps, steps);
+}
+
+TEST(Validation, TheLastEvaluationEqualsLltPerplexityOnTheAdapter) {
+  auto o = validated("eval_vs_perplexity");
+  o.eval_every = 0;
+  o.train.precision = Dtype::kBf16;  // the training's autocast; evaluation scores the weights'
+                                     // own fp32, as llt-perplexity does
+  ASSERT_EQ(run_finetune(o), 0);
+  const auto eval = records_with(metrics(o), "eval_loss");
+  ASSERT_EQ(eval.size(), 2u) << "step 0 and the end";
+  PerplexityToolOptions p;
+  p.model.model = o.model.model;
+  p.model.threads = 1;
+  p.model.device = "cpu";
+  p.model.dtype = Dtype::kFp32;
+  p.model.adapter = (fs::path(o.output) / "adapter").string();
+  p.data = eval_dataset().string();
+  p.output = (temp_root() / "eval_vs_perplexity_ppl").string();
+  ASSERT_EQ(run_perplexity(p), 0);
+  const auto ppl = nlohmann::json::parse(read_file(fs::path(p.output) / "perplexity.json"));
+  EXPECT_EQ(eval.back()["eval_tokens"], ppl["tokens"]);
+  EXPECT_NEAR(eval.back()["eval_loss"].get<double>(), ppl["mean_nll"].get<double>(), 1e-12);
+}
+
+TEST(Validation, TrainingLossesAreIdenticalWithAndWithoutIt) {
+  auto with = validated("eval_with");
+  with.eval_every = 1;
+  auto without = base_options("eval_without");
+  without.train.max_steps = with.train.max_steps;
+  ASSERT_GT(without.lora.dropout, 0) << "dropout draws random numbers: evaluation must not";
+  ASSERT_EQ(run_finetune(with), 0);
+  ASSERT_EQ(run_finetune(without), 0);
+  const auto a = records_with(metrics(with), "loss"), b = metrics(without);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i]["loss"].get<double>(), b[i]["loss"].get<double>()) << "step " << i + 1;
+    EXPECT_EQ(a[i]["grad_norm"].get<double>(), b[i]["grad_norm"].get<double>());
+  }
+}
+
+TEST(Validation, ResumeDropsLaterEvaluationsAndEqualsTheUninterruptedRun) {
+  auto straight = validated("eval_straight");
+  straight.train.save_every = 2;
+  ASSERT_EQ(run_finetune(straight), 0);
+  // The same run to step 2, resumed to the end; then as if the job had died after logging
+  // step 5 but before its checkpoint: back to the step-2 checkpoint, resumed again. The records
+  // after step 2 (training and evaluation) are dropped and written again, once each.
+  auto again = straight;
+  again.output = (temp_root() / "eval_again").string();
+  again.train.max_steps = 2;
+  ASSERT_EQ(run_finetune(again), 0);
+  const fs::path checkpoints = fs::path(again.output) / "checkpoints";
+  const fs::path kept = temp_root() / "eval_again_step_2";
+  fs::copy(checkpoints, kept, fs::copy_options::recursive);
+  again.train.max_steps = straight.train.max_steps;
+  again.train.resume = ResumeMode::kAuto;
+  ASSERT_EQ(run_finetune(again), 0);
+  ASSERT_EQ(records_with(metrics(again), "eval_loss").size(), 4u);
+  fs::remove_all(checkpoints);
+  fs::rename(kept, checkpoints);
+  ASSERT_EQ(run_finetune(again), 0);
+  const auto a = metrics(straight), b = metrics(again);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i]["step"], b[i]["step"]) << "record " << i;
+    EXPECT_EQ(a[i].value("loss", 0.0), b[i].value("loss", 0.0)) << "record " << i;
+    EXPECT_EQ(a[i].value("eval_loss", 0.0), b[i].value("eval_loss", 0.0)) << "record " << i;
+  }
+}
+
+TEST(Validation, EvalEveryNeedsEvalData) {
+  std::vector<std::string> args{"llt-finetune", "--model", (kStories / "stories260K.bin").string(),
+                                "--data", dataset().string(), "--output",
+                                (temp_root() / "eval_no_data").string(), "--eval-every", "2"};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  expect_input_error([&] { parse_finetune(static_cast<int>(argv.size()), argv.data()); },
+                     {"--eval-every 2 needs --eval-data"});
+  EXPECT_FALSE(fs::exists(temp_root() / "eval_no_data"));
 }
 
 }  // namespace

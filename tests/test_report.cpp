@@ -15,6 +15,7 @@
 #include "llt/io.h"
 #include "llt/tools/options.h"
 #include "llt/tools/report.h"
+#include "llt/tools/report_plots.h"
 #include "llt/tools/report_tables.h"
 
 #include "test_support.h"
@@ -269,6 +270,38 @@ TEST(Report, PlotsArePngsWithTheirDataAndScripts) {
   for (const auto& entry : fs::directory_iterator(out)) {
     EXPECT_EQ(entry.path().filename().string().rfind(".llt-report", 0), std::string::npos);
   }
+}
+
+TEST(Report, EvaluationRecordsArePlottedBesideTheTrainingLoss) {
+  // llt-finetune --eval-data adds records without "loss" to metrics.jsonl.
+  const auto run = fresh_dir("eval") / "run";
+  for (const auto& dir : fixture_dirs()) {
+    if (fs::exists(fs::path(dir) / "metrics.jsonl")) {
+      fs::copy(dir, run, fs::copy_options::recursive);
+      break;
+    }
+  }
+  const size_t training = read_run(run).metrics.size();
+  ASSERT_GT(training, 0u);
+  write_text(run / "metrics.jsonl",
+             "{\"step\": 0, \"eval_loss\": 4.25, \"eval_perplexity\": 70.1, \"eval_tokens\": 9, "
+             "\"eval_s\": 0.5}\n" +
+                 read_file(run / "metrics.jsonl") +
+                 "{\"step\": 2, \"eval_loss\": 3.5, \"eval_perplexity\": 33.1, \"eval_tokens\": 9, "
+                 "\"eval_s\": 0.5}\n");
+  const RunRecord r = read_run(run);
+  EXPECT_EQ(r.metrics.size(), training) << "training records only";
+  ASSERT_EQ(r.eval.size(), 2u);
+  EXPECT_EQ(r.eval[1].step, 2);
+  EXPECT_EQ(r.eval[1].loss, 3.5);
+  const auto files = plot_files({r});
+  ASSERT_TRUE(files.count("eval.dat"));
+  EXPECT_NE(files.at("eval.dat").find("\n0 4.25"), std::string::npos) << files.at("eval.dat");
+  EXPECT_NE(files.at("eval.dat").find("\n2 3.5"), std::string::npos) << files.at("eval.dat");
+  const std::string& gp = files.at("loss.gp");
+  EXPECT_NE(gp.find("\"eval.dat\" index 0"), std::string::npos) << gp;
+  EXPECT_NE(gp.find("run (eval)"), std::string::npos) << gp;
+  EXPECT_EQ(plot_files(read_runs(fixture_dirs())).count("eval.dat"), 0u) << "none without eval";
 }
 
 TEST(Report, MissingGnuplotIsAnErrorUnlessNoPlots) {

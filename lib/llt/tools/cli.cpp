@@ -198,6 +198,14 @@ FinetuneToolOptions parse_finetune(int argc, char** argv) {
       ->check(CLI::ExistingDirectory);
   app.add_option("--output", o.output, "Run folder (refused if it exists, unless --resume auto)")
       ->required();
+  // No CLI11 checks on --eval-data: config.toml records "" when it is unset.
+  app.add_option("--eval-data", o.eval_data,
+                 "Held-out dataset directory from llt-tokenize: its perplexity at step 0, every "
+                 "--eval-every steps and at the end")
+      ->capture_default_str();
+  app.add_option("--eval-every", o.eval_every, "Evaluate on --eval-data every N steps (0: only "
+                 "at step 0 and at the end)")
+      ->check(CLI::NonNegativeNumber)->capture_default_str();
   auto& t = o.train;
   app.add_option("--batch-size", t.batch_size, "Samples per micro-batch")
       ->check(CLI::PositiveNumber)->capture_default_str();
@@ -290,6 +298,10 @@ FinetuneToolOptions parse_finetune(int argc, char** argv) {
   replace_deprecated(app, cap_gb, memory_cap_gb, cap_gib, t.memory_cap_gib,
                      1e9 / double(int64_t{1} << 30));
   replace_deprecated(app, bucket_mb_option, bucket_mb, bucket_mib, d.bucket_mib, 1.0);
+  if (o.eval_every > 0 && o.eval_data.empty()) {
+    throw InputError("--eval-every " + std::to_string(o.eval_every) +
+                     " needs --eval-data (the held-out split to score)");
+  }
   o.config_text = app.config_to_str(/*default_also=*/true, /*write_description=*/false);
   o.command_line = command_line(argc, argv);
   return o;

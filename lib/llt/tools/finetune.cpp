@@ -25,10 +25,11 @@
 #include "llt/optim.h"
 #include "llt/recompute.h"
 #include "llt/runtime.h"
+#include "llt/perplexity.h"
 #include "llt/tools/cli.h"
-#include "llt/tools/stop_signals.h"
 #include "llt/tools/run_folder.h"
 #include "llt/tools/run_lock.h"
+#include "llt/tools/stop_signals.h"
 #include "llt/trainer.h"
 #include "llt/version.h"
 #include "llt/weights.h"
@@ -58,6 +59,9 @@ struct Run {
   std::optional<Dataset> data;
   int64_t pad_id = 0;
   LoadedModel loaded;
+  ProcessGroup* group = nullptr;            // data parallel, else none
+  std::optional<Dataset> eval_data;         // --eval-data
+  std::vector<ScoredSequence> eval_share;   // its samples this rank scores
 };
 
 // Where a run starts: the training state to resume from, or none. (--resume never: RunLock
@@ -120,6 +124,18 @@ Run prepare_run(const FinetuneToolOptions& o, const DistributedConfig& dist) {
   needs.model_vocab_size = args.vocab_size;
   r.data = Dataset::open(o.data, needs);
   r.pad_id = r.data->manifest().attributes.eos_id;  // LLaMA has no pad token; pads are masked
+  if (!o.eval_data.empty()) {  // made with the training split's tokenizer
+    const ShardAttributes& a = r.data->manifest().attributes;
+    DatasetRequirements same = needs;
+    same.vocab_size = a.vocab_size, same.bos_id = a.bos_id, same.eos_id = a.eos_id;
+    same.tokenizer_sha256 = a.tokenizer_sha256;
+    r.eval_data = Dataset::open(o.eval_data, same);
+    std::vector<ScoredSequence> all = dataset_sequences(*r.eval_data, ScoredTokens::kLabels);
+    for (size_t i = static_cast<size_t>(dist.rank); i < all.size();
+         i += static_cast<size_t>(dist.world_size)) {
+      r.eval_share.push_back(std::move(all[i]));
+    }
+  }
 
   LoadOptions load;
   load.device = r.device;
@@ -317,6 +333,36 @@ void log_step(const FinetuneToolOptions& o, const Trainer& t, const StepResult& 
   if (!t.done()) logs.bar.draw(state.step, t.last_step(), format_duration(eta));
 }
 
+// Validation (--eval-data): the mean NLL over the eval split's response tokens, scored exactly as
+// llt-perplexity scores the run's adapter: the weights' own dtypes, no autocast, no dropout. Each
+// rank scores its share and the sums are all-reduced, so every rank must call this at the same
+// steps. Logged as its own record in metrics.jsonl (no "loss" key), in memory.jsonl and on the
+// console.
+void evaluate(Run& r, const FinetuneToolOptions& o, int64_t step, Logs& logs,
+              const std::function<double()>& now_s) {
+  const auto started = std::chrono::steady_clock::now();
+  auto& model = *r.loaded.model;
+  std::vector<double> sums{0.0, 0.0};  // NLL, tokens
+  if (!r.eval_share.empty()) {
+    model.eval();
+    const PerplexityResult p = score_sequences(model, r.eval_share, o.train.batch_size, r.pad_id);
+    model.train();
+    sums = {p.nll_sum, static_cast<double>(p.tokens)};
+  }
+  if (r.group != nullptr) sums = r.group->sum(sums);
+  const auto tokens = static_cast<int64_t>(sums[1]);
+  const double loss = tokens > 0 ? sums[0] / static_cast<double>(tokens) : 0.0;
+  const double seconds = seconds_since(started);
+  logs.memory.write(memory_record(logs.monitor, step, "eval", now_s()));
+  if (!logs.metrics) return;
+  logs.metrics->write({{"step", step}, {"eval_loss", loss}, {"eval_perplexity", std::exp(loss)},
+                       {"eval_tokens", tokens}, {"eval_s", seconds}});
+  logs.bar.erase();
+  std::cout << "eval at step " << step << "  loss " << std::setprecision(5) << loss
+            << "  perplexity " << std::exp(loss) << "  (" << tokens << " tokens, "
+            << format_duration(seconds) << ")" << std::endl;
+}
+
 void set_out_of_memory(Outcome& out, const std::string& error, bool agreed) {
   out.status = "oom", out.error = error, out.agreed = agreed;
   out.code = static_cast<int>(ExitCode::kOutOfMemory);
@@ -330,6 +376,8 @@ void train(Trainer& t, Run& r, const FinetuneToolOptions& o, Logs& logs,
   const int64_t first_step = t.state().step;
   const auto started = std::chrono::steady_clock::now();
   const fs::path checkpoints = r.dir / "checkpoints";
+  const bool validate = r.eval_data.has_value();
+  if (validate && first_step == 0) evaluate(r, o, 0, logs, now_s);  // before any update
   while (!t.done()) {
     const auto step_started = std::chrono::steady_clock::now();
     logs.monitor.reset_peak();
@@ -366,6 +414,11 @@ void train(Trainer& t, Run& r, const FinetuneToolOptions& o, Logs& logs,
     const double eta = (t.last_step() - t.state().step) * seconds_since(started) /
                        static_cast<double>(t.state().step - first_step);
     log_step(o, t, s, seconds_since(step_started), eta, logs);
+    // Not when stopping (SLURM's grace time is for the checkpoint); the end's is below.
+    if (validate && o.eval_every > 0 && t.state().step % o.eval_every == 0 && !s.stop &&
+        !t.done()) {
+      evaluate(r, o, t.state().step, logs, now_s);
+    }
     if ((o.train.save_every > 0 && t.state().step % o.train.save_every == 0) || s.stop) {
       t.save(checkpoints, lead);
     }
@@ -377,6 +430,8 @@ void train(Trainer& t, Run& r, const FinetuneToolOptions& o, Logs& logs,
       return;
     }
   }
+  // At the end, unless resumed from the last step (its evaluation is on record).
+  if (validate && t.state().step > first_step) evaluate(r, o, t.state().step, logs, now_s);
   t.save(checkpoints, lead);
   if (lead && o.lora.rank > 0) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -446,6 +501,7 @@ int run_finetune(const FinetuneToolOptions& o) {
   install_host_memory_counter();  // before the model loads, so its bytes are counted
   set_host_cache_limit(host_cache_limit_from_env());
   Run r = prepare_run(o, dist);
+  r.group = group.get();
   Trainer trainer(*r.loaded.model, *r.data, r.pad_id, r.device, train_config(o), group.get(),
                   g_stop_requested);
   if (!resume_from.empty()) trainer.resume(resume_from);  // reads only

@@ -135,6 +135,10 @@ struct FinetuneToolOptions {
   TrainOptions train;
   DistributedOptions dist;    // --world-size, --rank, --dist-*
   std::string data;           // --data: an llt-tokenize directory (with manifest.json)
+  // --eval-data: a held-out llt-tokenize split (same tokenizer), scored at step 0, every
+  // --eval-every steps (0: no others) and at the end.
+  std::string eval_data;
+  int64_t eval_every = 0;
   std::string output;         // --output: the run folder (refused if it exists, but --resume auto)
   std::string config_text;    // the resolved options as TOML (written to the run folder)
   std::string command_line;   // as typed

@@ -211,7 +211,11 @@ RunRecord read_run(const fs::path& dir) {
   if (fs::exists(dir / "summary.json")) r.summary = read_summary(dir / "summary.json", r.fields);
   if (fs::exists(dir / "metrics.jsonl")) {
     for_each_jsonl(dir / "metrics.jsonl", [&](const JsonFields& f) {
-      r.metrics.push_back({f.integer("step"), f.number("loss", /*null_is_nan=*/true)});
+      if (f.has("eval_loss")) {
+        r.eval.push_back({f.integer("step"), f.number("eval_loss", /*null_is_nan=*/true)});
+      } else {
+        r.metrics.push_back({f.integer("step"), f.number("loss", /*null_is_nan=*/true)});
+      }
     });
   }
   if (fs::exists(dir / "memory.jsonl")) {

@@ -18,7 +18,7 @@ namespace llt::tools {
 
 struct ReportToolOptions;  // llt/tools/options.h
 
-struct MetricPoint {  // one line of metrics.jsonl
+struct MetricPoint {  // one record of metrics.jsonl: a training step's loss, or an evaluation's
   int64_t step = 0;
   double loss = 0;
 };
@@ -51,7 +51,8 @@ struct RunRecord {
   std::optional<RunSummary> summary;
   std::map<std::string, std::string>
       fields;  // summary.json flattened: "memory_breakdown.gradients"
-  std::vector<MetricPoint> metrics;
+  std::vector<MetricPoint> metrics;  // training records ("loss")
+  std::vector<MetricPoint> eval;     // evaluation records ("eval_loss", --eval-data)
   std::vector<MemoryPoint> memory;
   std::vector<GenerationRecord> generations;
   std::optional<PerplexityFigures> perplexity;

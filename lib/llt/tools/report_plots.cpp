@@ -47,12 +47,14 @@ std::string data_word(std::string text) {
 }
 
 // Line i's colour (matplotlib's ten), point and dash: distinct for the first 10 x 8 lines.
-std::string line_style(size_t i) {
+// `dashed`: the same colour and point, the next dash (a run's evaluations beside its loss).
+std::string line_style(size_t i, bool dashed = false) {
   static const std::array<const char*, 10> kColours = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728",
                                                        "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                                                        "#bcbd22", "#17becf"};
   return std::string(" linecolor rgb \"") + kColours[i % kColours.size()] + "\" pointtype " +
-         std::to_string(1 + i % 8) + " dashtype " + std::to_string(1 + i / kColours.size());
+         std::to_string(1 + i % 8) + " dashtype " +
+         std::to_string(1 + i / kColours.size() + (dashed ? 1 : 0));
 }
 
 std::string script_head(const std::string& what, const std::string& png, int width, int height) {
@@ -70,28 +72,44 @@ std::string script_head(const std::string& what, const std::string& png, int wid
   return gp.str();
 }
 
-// One block per run (gnuplot's `index`); blocks are separated by two blank lines.
+// One block per run (gnuplot's `index`); blocks are separated by two blank lines. Training loss
+// in loss.dat, the evaluations of runs with --eval-data in eval.dat: the same colour per run,
+// dashed with larger points.
 void loss_plot(const std::vector<RunRecord>& runs, std::map<std::string, std::string>& files) {
-  std::ostringstream dat;
+  std::ostringstream dat, eval_dat;
   std::vector<std::string> plots;
+  size_t blocks = 0, eval_blocks = 0;
   dat << "# loss per optimizer step from each run's metrics.jsonl; one block per run\n";
-  for (const auto& r : runs) {
-    if (r.metrics.empty()) continue;
-    if (!plots.empty()) dat << "\n\n";
-    dat << "# run " << data_comment(r.name) << "\n# step loss\n";
-    for (const auto& m : r.metrics) dat << m.step << " " << number_or_nan(m.loss, 6) << "\n";
-    plots.push_back("\"loss.dat\" index " + std::to_string(plots.size()) +
-                    " using 1:2 with linespoints pointsize 0.6" + line_style(plots.size()) +
-                    " title " + gnuplot_string(r.name));
+  eval_dat << "# eval loss (--eval-data) from each run's metrics.jsonl; one block per run\n";
+  for (size_t i = 0; i < runs.size(); ++i) {
+    const RunRecord& r = runs[i];
+    if (!r.metrics.empty()) {
+      if (blocks > 0) dat << "\n\n";
+      dat << "# run " << data_comment(r.name) << "\n# step loss\n";
+      for (const auto& m : r.metrics) dat << m.step << " " << number_or_nan(m.loss, 6) << "\n";
+      plots.push_back("\"loss.dat\" index " + std::to_string(blocks++) +
+                      " using 1:2 with linespoints pointsize 0.6" + line_style(i) + " title " +
+                      gnuplot_string(r.name));
+    }
+    if (!r.eval.empty()) {
+      if (eval_blocks > 0) eval_dat << "\n\n";
+      eval_dat << "# run " << data_comment(r.name) << "\n# step eval_loss\n";
+      for (const auto& m : r.eval) eval_dat << m.step << " " << number_or_nan(m.loss, 6) << "\n";
+      plots.push_back("\"eval.dat\" index " + std::to_string(eval_blocks++) +
+                      " using 1:2 with linespoints pointsize 1.2" + line_style(i, true) +
+                      " title " + gnuplot_string(r.name + " (eval)"));
+    }
   }
   if (plots.empty()) return;
   std::string gp = script_head("loss per optimizer step, one line per run", "loss.png", 1000, 600);
-  gp +=
-      "set title \"Training loss (metrics.jsonl)\"\nset xlabel \"optimizer step\"\n"
-      "set ylabel \"loss (mean over label tokens)\"\nset key outside right top\n";
+  gp += std::string("set title \"") +
+        (eval_blocks > 0 ? "Training and eval loss" : "Training loss") +
+        " (metrics.jsonl)\"\nset xlabel \"optimizer step\"\n"
+        "set ylabel \"loss (mean over label tokens)\"\nset key outside right top\n";
   gp += "plot ";
   for (size_t i = 0; i < plots.size(); ++i) gp += (i == 0 ? "" : ", \\\n     ") + plots[i];
   files["loss.dat"] = dat.str();
+  if (eval_blocks > 0) files["eval.dat"] = eval_dat.str();
   files["loss.gp"] = gp + "\n";
 }
 
