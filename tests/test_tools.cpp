@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <string>
 
 #include <gtest/gtest.h>
@@ -120,6 +121,35 @@ TEST(LltGenerate, ConfigFileWithUnknownKeyIsAnError) {
   EXPECT_LE(j["ids"].size(), 3u);
   EXPECT_EQ(j["kv_cache"], false);
   EXPECT_EQ(run(kGenerate + "--prompt hi --config " + (dir / "bad.toml").string()).code, 1);
+}
+
+TEST(LltGenerate, EveryRecordSaysWhereItCameFrom) {
+  const auto dir = fresh_dir("provenance");
+  const auto out = dir / "g.jsonl";
+  const auto r = run(kGenerate + "--prompt hi --prompt there --temperature 0.7 --top-k 5 --seed 9 " +
+                     "--max-new-tokens 4 --template alpaca --output " + out.string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  std::istringstream in(llt::read_file(out));
+  int records = 0;
+  for (std::string line; std::getline(in, line); ++records) {
+    const auto j = nlohmann::json::parse(line);
+    EXPECT_EQ(j["model"], kStories + "/stories260K.bin");
+    EXPECT_TRUE(j["adapter"].is_null());
+    EXPECT_EQ(j["tokenizer"], kStories + "/tok512.model");
+    EXPECT_EQ(j["dtype"], "fp32");
+    EXPECT_EQ(j["device"], "cpu");
+    EXPECT_EQ(j["n_layers"], 5);
+    EXPECT_EQ(j["sampling"]["temperature"], 0.7);
+    EXPECT_EQ(j["sampling"]["top_k"], 5);
+    EXPECT_EQ(j["sampling"]["top_p"], 1.0);
+    EXPECT_EQ(j["sampling"]["seed"], 9);
+    EXPECT_EQ(j["sampling"]["max_new_tokens"], 4);
+    EXPECT_EQ(j["template"], "alpaca");
+    EXPECT_FALSE(j["git_sha"].get<std::string>().empty());
+    EXPECT_FALSE(j["llt_version"].get<std::string>().empty());
+    EXPECT_NE(j["command_line"].get<std::string>().find("--seed 9"), std::string::npos);
+  }
+  EXPECT_EQ(records, 2);
 }
 
 }  // namespace

@@ -142,6 +142,7 @@ GenerateToolOptions parse_generate(int argc, char** argv) {
     std::cerr << app.get_name() << ": error: give --prompt or --prompts-file\n";
     throw Exit{1};
   }
+  o.command_line = command_line(argc, argv);
   return o;
 }
 

@@ -139,6 +139,19 @@ int run_generate(const GenerateToolOptions& options) {
   // EOS ends a completion; so does BOS, which llama2.c-trained models emit between documents.
   gen.stop_ids = {setup.tokenizer.eos_id(), setup.tokenizer.bos_id()};
 
+  // Every record says where it came from (as perplexity.json does).
+  nlohmann::json provenance = model_provenance(options.model, setup);
+  provenance["tokenizer"] = find_tokenizer(options.model).string();  // the one used
+  provenance["sampling"] = {{"temperature", gen.sampling.temperature},
+                            {"top_k", gen.sampling.top_k},
+                            {"top_p", gen.sampling.top_p},
+                            {"seed", gen.sampling.seed},
+                            {"max_new_tokens", gen.sampling.max_new_tokens}};
+  provenance["template"] = name_of(options.prompt_template);
+  provenance["bos"] = options.bos;
+  provenance["batch_size"] = options.batch_size;
+  provenance["command_line"] = options.command_line;
+
   std::ostringstream jsonl;
   int64_t total_tokens = 0;
   double total_seconds = 0;
@@ -168,9 +181,8 @@ int run_generate(const GenerateToolOptions& options) {
           // This prompt's tokens over its batch's wall time (prefill included).
           {"tokens_per_s", result.seconds > 0 ? seq.ids.size() / result.seconds : 0.0},
           {"kv_cache", gen.kv_cache},
-          {"dtype", dtype_name(setup.dtype)},
-          {"device", setup.device.str()},
       };
+      record.update(provenance);
       jsonl << record.dump(-1, ' ', /*ensure_ascii=*/false,
                            nlohmann::json::error_handler_t::replace)
             << "\n";

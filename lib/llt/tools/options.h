@@ -61,6 +61,7 @@ struct GenerateToolOptions {
   int64_t batch_size = 8;            // --batch-size: prompts decoded together
   std::string output;                // --output: JSONL file, one record per prompt
   bool overwrite = false;            // --overwrite: replace an existing --output file
+  std::string command_line;          // as typed
 };
 
 // llt-perplexity (lib/llt/tools/perplexity): mean NLL and perplexity of a model over a dataset's

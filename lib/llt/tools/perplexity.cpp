@@ -15,7 +15,6 @@
 #include "llt/runtime.h"
 #include "llt/tokenizer.h"
 #include "llt/tools/setup.h"
-#include "llt/version.h"
 #include "llt/weights.h"
 
 namespace llt::tools {
@@ -131,20 +130,14 @@ std::string per_sample_jsonl(const PerplexityResult& result, bool text) {
 nlohmann::json summary_json(const PerplexityToolOptions& o, const Plan& plan,
                             const InferenceModel& m, const PerplexityResult& r) {
   const bool text = !o.text.empty();
-  return {
+  nlohmann::json j = {
       {"mean_nll", r.mean_nll()},
       {"perplexity", r.perplexity()},
       {"tokens", r.tokens},
       {"samples", static_cast<int64_t>(r.sequences.size())},  // samples, or windows of --text
       {"over", text ? std::string("text") : name_of(o.tokens)},
-      {"model", o.model.model},
-      {"adapter", or_null(o.model.adapter)},
-      {"tokenizer", or_null(o.model.tokenizer)},
       {"data", or_null(o.data)},
       {"text", or_null(o.text)},
-      {"n_layers", m.loaded.args.n_layers},
-      {"dtype", dtype_name(m.dtype)},
-      {"device", m.device.str()},
       {"window", or_null(plan.window, text)},
       {"stride", or_null(plan.stride, text)},
       {"batch_size", o.batch_size},
@@ -154,9 +147,9 @@ nlohmann::json summary_json(const PerplexityToolOptions& o, const Plan& plan,
       {"tokens_per_s", r.seconds > 0 ? r.forward_tokens / r.seconds : 0.0},
       {"threads", m.threads},
       {"command_line", o.command_line},
-      {"git_sha", git_sha()},
-      {"llt_version", llt_version()},
   };
+  j.update(model_provenance(o.model, m));
+  return j;
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include "llt/errors.h"
 #include "llt/lora.h"
 #include "llt/runtime.h"
+#include "llt/version.h"
 
 namespace llt::tools {
 
@@ -33,6 +34,18 @@ InferenceModel load_inference_model(const ModelOptions& options) {
   const double load_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   return InferenceModel{std::move(loaded), device, dtype, threads, load_seconds};
+}
+
+nlohmann::json model_provenance(const ModelOptions& options, const InferenceModel& model) {
+  auto or_null = [](const std::string& s) { return s.empty() ? nlohmann::json() : nlohmann::json(s); };
+  return {{"model", options.model},
+          {"adapter", or_null(options.adapter)},
+          {"tokenizer", or_null(options.tokenizer)},
+          {"n_layers", model.loaded.args.n_layers},
+          {"dtype", dtype_name(model.dtype)},
+          {"device", model.device.str()},
+          {"git_sha", git_sha()},
+          {"llt_version", llt_version()}};
 }
 
 ModelSetup setup_model(const ModelOptions& options) {

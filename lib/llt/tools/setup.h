@@ -4,6 +4,8 @@
 
 #include <filesystem>
 
+#include <nlohmann/json.hpp>
+
 #include "llt/tokenizer.h"
 #include "llt/tools/options.h"
 #include "llt/weights.h"
@@ -34,5 +36,10 @@ InferenceModel load_inference_model(const ModelOptions& options);
 // load_inference_model plus the tokenizer, checking the tokenizer's vocabulary fits the
 // model's. Throws InputError.
 ModelSetup setup_model(const ModelOptions& options);
+
+// Where a result came from, for the records the tools write (perplexity.json, each line of
+// generations.jsonl): model, adapter and tokenizer as given (null when not), the layers kept,
+// dtype, device, llt's version and git sha.
+nlohmann::json model_provenance(const ModelOptions& options, const InferenceModel& model);
 
 }  // namespace llt::tools
