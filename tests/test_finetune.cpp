@@ -44,36 +44,29 @@ fs::path temp_root() {
   return root;
 }
 
-// 48 Alpaca samples tokenized for stories260K, made once per test binary.
+// Alpaca records [skip, skip + first) tokenized for stories260K into temp_root() / name.
+fs::path tokenized(const std::string& name, int64_t skip, int64_t first) {
+  TokenizeToolOptions t;
+  t.input = (fs::path(LLT_SOURCE_DIR) / "assets/data/alpaca/alpaca_data_first_5000.json").string();
+  t.tokenizer = (kStories / "tok512.model").string();
+  t.output = (temp_root() / name).string();
+  t.skip = skip;
+  t.first = first;
+  t.max_len = 320;
+  t.threads = 1;
+  EXPECT_EQ(run_tokenize(t, "test_train"), 0);
+  return temp_root() / name;
+}
+
+// 48 Alpaca samples, made once per test binary.
 fs::path dataset() {
-  static const fs::path dir = [] {
-    TokenizeToolOptions t;
-    t.input = (fs::path(LLT_SOURCE_DIR) / "assets/data/alpaca/alpaca_data_first_5000.json").string();
-    t.tokenizer = (kStories / "tok512.model").string();
-    t.output = (temp_root() / "data").string();
-    t.first = 48;
-    t.max_len = 320;
-    t.threads = 1;
-    EXPECT_EQ(run_tokenize(t, "test_train"), 0);
-    return temp_root() / "data";
-  }();
+  static const fs::path dir = tokenized("data", 0, 48);
   return dir;
 }
 
 // Records 48-71, held out from dataset()'s, for --eval-data.
 fs::path eval_dataset() {
-  static const fs::path dir = [] {
-    TokenizeToolOptions t;
-    t.input = (fs::path(LLT_SOURCE_DIR) / "assets/data/alpaca/alpaca_data_first_5000.json").string();
-    t.tokenizer = (kStories / "tok512.model").string();
-    t.output = (temp_root() / "eval_data").string();
-    t.skip = 48;
-    t.first = 24;
-    t.max_len = 320;
-    t.threads = 1;
-    EXPECT_EQ(run_tokenize(t, "test_train"), 0);
-    return temp_root() / "eval_data";
-  }();
+  static const fs::path dir = tokenized("eval_data", 48, 24);
   return dir;
 }
 
