@@ -106,11 +106,12 @@ cmake=$site/cmake/data/bin/cmake
   -DLLT_NCCL_INCLUDE_DIR="$site/nvidia/nccl/include" -DLLT_USE_GLOO=OFF >/dev/null
 "$cmake" --build "$build_dir" -j "$(nproc)" "$@"
 
-# 4. One OpenMP runtime per process: the wheel's libgomp, which libtorch_cpu.so loads.
-gomps=$(ldd "$build_dir/bin/llt-finetune" | grep -c 'libgomp' || true)
-if [[ $gomps -ne 1 ]] || ! ldd "$build_dir/bin/llt-finetune" | grep -q "$site/torch/lib/libgomp"; then
-  echo "build-cuda: llt-finetune does not load exactly the wheel's libgomp:" >&2
-  ldd "$build_dir/bin/llt-finetune" | grep -E 'gomp|not found' >&2
+# 4. One OpenMP runtime per process: the wheel's libgomp, which libtorch_cpu.so loads. The tools
+#    link libllt.so (llt-finetune's launcher dlopens it), so its closure is what a process gets.
+gomps=$(ldd "$build_dir/bin/libllt.so" | grep -c 'libgomp' || true)
+if [[ $gomps -ne 1 ]] || ! ldd "$build_dir/bin/libllt.so" | grep -q "$site/torch/lib/libgomp"; then
+  echo "build-cuda: libllt.so does not load exactly the wheel's libgomp:" >&2
+  ldd "$build_dir/bin/libllt.so" | grep -E 'gomp|not found' >&2 || true
   exit 2
 fi
 echo "build-cuda: $build_dir built against $(sed -n "s/^__version__ = '\(.*\)'/\1/p" "$site/torch/version.py") ($site)"

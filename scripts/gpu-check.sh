@@ -133,7 +133,7 @@ stage1() {
     die 2 "build failed (build.log)"
   # Every library resolves, and llt's own dependencies from the kit.
   local libs
-  libs=$(kitrun ldd "$build/bin/llt-finetune" "$build/bin/libllt_spm.so")
+  libs=$(kitrun ldd "$build/bin/libllt.so" "$build/bin/libllt_spm.so")
   echo "$libs" | grep -E 'hdf5|sentencepiece|gomp|torch_cuda|nccl' >>"$OUT/env.txt"
   echo "$libs" | grep -q 'not found' && die 2 "unresolved libraries: $(echo "$libs" | grep 'not found')"
   echo "$libs" | grep -E 'libhdf5|libsentencepiece' | grep -qv "$kit/" &&
