@@ -1,5 +1,6 @@
 // Decoding: KV cache on/off equality, batch independence, sampling filters, prompt files, and
 // token-for-token agreement with independent implementations on the shipped stories260K model.
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -101,6 +102,26 @@ TEST(Generate, RejectsEmptyAndOverlongPrompts) {
   EXPECT_THROW(generate(*model, {{}}, greedy(4, true)), InputError);
   std::vector<int64_t> too_long(model->args().max_seq_len, 3);
   EXPECT_THROW(generate(*model, {too_long}, greedy(4, true)), InputError);
+}
+
+// NaN weights give NaN logits, whose argmax is still an id: without the check, garbage would
+// pass for a completion.
+TEST(Generate, NonFiniteLogitsThrowNamingTheWeights) {
+  for (const bool kv_cache : {true, false}) {
+    auto model = tiny_model(7);
+    {
+      at::NoGradGuard no_grad;
+      model->named_parameters()["layers.1.feed_forward.w2.weight"][3][5] = NAN;
+    }
+    try {
+      generate(*model, sample_prompts(), greedy(8, kv_cache));
+      ADD_FAILURE() << "expected NonFiniteError (kv_cache " << kv_cache << ")";
+    } catch (const NonFiniteError& e) {
+      EXPECT_EQ(e.code(), ExitCode::kNonFinite);
+      EXPECT_NE(std::string(e.what()).find("weights"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("NaN"), std::string::npos) << e.what();
+    }
+  }
 }
 
 TEST(Sampling, TopKOneIsGreedyAndSeedReproduces) {
@@ -215,6 +236,23 @@ TEST(PromptsFile, BadRecordsNameTheLine) {
   EXPECT_THROW(read_prompts_file(empty.string()), InputError);
 }
 
+// A binary file (here gzip's header, with NUL bytes) or one with invalid UTF-8 is not taken
+// for prompts: refused naming the file and where the first bad byte is.
+TEST(PromptsFile, BinaryOrInvalidUtf8IsRefusedNamingFileAndLine) {
+  const auto gz = temp_file("p.gz", std::string("\x1f\x8b\x08\x00\x00\x00\x00\x00", 8));
+  testing::expect_input_error([&] { read_prompts_file(gz.string()); },
+                              {"p.gz", "invalid UTF-8 at byte 1 (line 1, column 2)"});
+  const auto utf16 = temp_file("w.txt", std::string("h\0i\0\n\0", 6));  // UTF-16LE "hi\n"
+  testing::expect_input_error([&] { read_prompts_file(utf16.string()); },
+                              {"w.txt", "NUL byte at byte 1 (line 1, column 2)", "binary"});
+  const auto latin1 = temp_file("l.txt", "first prompt\nna\xefve caf\xe9\n");
+  testing::expect_input_error([&] { read_prompts_file(latin1.string()); },
+                              {"l.txt", "invalid UTF-8 at byte 15 (line 2, column 3)"});
+  const auto jsonl =
+      temp_file("n.jsonl", std::string("{\"prompt\": \"a\"}\n{\"prompt\": \"\0\"}\n", 32));
+  testing::expect_input_error([&] { read_prompts_file(jsonl.string()); }, {"n.jsonl", "line 2"});
+}
+
 TEST(Alpaca, TemplatesAreStanfordAlpacas) {
   EXPECT_EQ(format_alpaca_prompt("Name a color.", ""),
             "Below is an instruction that describes a task. Write a response that appropriately "
@@ -225,6 +263,27 @@ TEST(Alpaca, TemplatesAreStanfordAlpacas) {
             "### Instruction:\nSum\n\n### Input:\n{instruction}\n\n### Response:");
 }
 
+// A JSON object (a wrapper such as {"data": [...]}, or one record pretty-printed) where an array
+// of records (or JSONL) is expected is refused saying so, not as "field 'instruction' is missing".
+TEST(Alpaca, AnObjectWhereAnArrayIsExpectedSaysWhatWasExpected) {
+  const std::string record = R"({"instruction": "x", "input": "", "output": "y"})";
+  for (const std::string& text :
+       {"{\n  \"data\": [" + record + "]\n}\n", "{\"data\": [" + record + "]}",
+        std::string("{\n  \"instruction\": \"x\",\n  \"input\": \"\",\n"
+                    "  \"output\": \"y\"\n}\n")}) {
+    SCOPED_TRACE(text);
+    const std::string what = testing::expect_input_error(
+        [&] { parse_alpaca_records(text, "wrapped.json"); },
+        {"wrapped.json: expected a JSON array of Alpaca records (or JSONL", "got an object"});
+    EXPECT_EQ(what.find("missing"), std::string::npos) << what;
+  }
+  // One record on one line is JSONL of one record.
+  const auto one = parse_alpaca_records(record + "\n", "one.jsonl");
+  EXPECT_EQ(one.format, "jsonl");
+  ASSERT_EQ(one.records.size(), 1u);
+  EXPECT_TRUE(one.bad.empty());
+  EXPECT_EQ(one.records[0].output, "y");
+}
 
 // ---------------------------------------------------------------------------------------------
 // stories260K against independent implementations (llama2.c run.c and the Python reference in

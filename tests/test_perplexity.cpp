@@ -120,6 +120,24 @@ TEST(Perplexity, EqualsExpOfTheMeanNllComputedByHand) {
   EXPECT_EQ(result.forward_tokens, 7 + 12 + 5);
 }
 
+TEST(Perplexity, NonFiniteLossThrowsNamingTheWeights) {
+  Transformer model(preset_args("tiny"), at::TensorOptions().dtype(at::kFloat));
+  model->init_random(7);
+  model->eval();
+  {
+    at::NoGradGuard no_grad;
+    model->named_parameters()["layers.0.attention.wv.weight"][2][9] = NAN;
+  }
+  const std::vector<ScoredSequence> seqs = {{{1, 5, 9, 300, 2}, 1, 0, 0}};
+  try {
+    score_sequences(*model, seqs, /*batch_size=*/1, /*pad_id=*/0);
+    ADD_FAILURE() << "expected NonFiniteError";
+  } catch (const NonFiniteError& e) {
+    EXPECT_EQ(e.code(), ExitCode::kNonFinite);
+    EXPECT_NE(std::string(e.what()).find("weights"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Perplexity, LabelsCountResponseTokensAndAllCountEveryPrediction) {
   const auto data = Dataset::open(alpaca_data());
   const auto labels = dataset_sequences(data, ScoredTokens::kLabels);
@@ -362,10 +380,14 @@ TEST(LltPerplexity, RefusesBadInputWithOneLineAndWritesNothing) {
   std::ofstream(taken / "perplexity.json") << "precious\n";
   const auto per_sample = dir / "old.jsonl";
   std::ofstream(per_sample) << "precious\n";
+  const auto latin1 = dir / "latin1.txt";
+  std::ofstream(latin1) << "Once upon a time\nthere was a caf\xe9.\n";  // not UTF-8
 
   const std::vector<std::pair<std::string, std::string>> cases = {
       {" --data " + (dir / "missing").string(), "missing"},
       {" --tokenizer " + kTok512 + " --text " + empty.string(), "empty.txt"},
+      {" --tokenizer " + kTok512 + " --text " + latin1.string(),
+       "latin1.txt (--text): invalid UTF-8 at byte 32 (line 2, column 16)"},
       {text + " --window 600", "--window"},
       {text + " --window 64 --stride 65", "--stride"},
       {text + " --stride 0", "--stride"},
@@ -402,6 +424,31 @@ TEST(LltPerplexity, RefusesBadInputWithOneLineAndWritesNothing) {
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_NE(read_file(taken / "perplexity.json"), "precious\n");
   EXPECT_FALSE(fs::exists(taken / "perplexity.json.tmp"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Non-finite weights: exit 4 naming the likely cause, nothing written
+
+TEST(LltPerplexity, NanWeightsExitFourAndWriteNothing) {
+  const auto dir = fresh_dir("nan");
+  const auto nan_model = dir / "nan.bin";
+  testing::write_nan_llama2c_copy(kModel, nan_model);
+  const std::string tool = "llt-perplexity --model " + nan_model.string() + " --threads 1 ";
+  const std::vector<std::string> inputs = {
+      " --tokenizer " + kTok512 + " --text " + (kAssets / "story.txt").string(),
+      " --data " + alpaca_data().string()};
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const auto out = dir / ("out" + std::to_string(i));
+    const auto per_sample = dir / ("per_sample" + std::to_string(i) + ".jsonl");
+    const auto r = run_tool(tool + inputs[i] + " --per-sample " + per_sample.string() +
+                            " --output " + out.string());
+    EXPECT_EQ(r.code, 4) << inputs[i] << "\n" << r.output;
+    EXPECT_NE(r.output.find("error: "), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("non-finite"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("weights"), std::string::npos) << r.output;
+    EXPECT_FALSE(fs::exists(out / "perplexity.json")) << inputs[i];
+    EXPECT_FALSE(fs::exists(per_sample)) << inputs[i];
+  }
 }
 
 }  // namespace

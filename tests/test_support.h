@@ -6,8 +6,13 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <limits>
 #include <string>
 #include <system_error>
 #include <vector>
@@ -73,6 +78,28 @@ inline ToolRun run_tool(const std::string& command_line) {
   const int status = pclose(pipe);
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return r;
+}
+
+// Copies the llama2.c checkpoint `from` to `to` with every block's attention RMSNorm weight set
+// to NaN. The layout (karpathy/llama2.c run.c): 7 int32 (dim, hidden_dim, n_layers, n_heads,
+// n_kv_heads, vocab_size, seq_len; vocab_size < 0: separate output weights), then float32 tensors,
+// first the token embeddings (vocab, dim), then rms_att_weight (n_layers, dim).
+inline void write_nan_llama2c_copy(const std::filesystem::path& from,
+                                   const std::filesystem::path& to) {
+  std::ifstream in(from, std::ios::binary);
+  std::string bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  int32_t header[7];
+  ASSERT_GE(bytes.size(), sizeof(header));
+  std::copy_n(bytes.data(), sizeof(header), reinterpret_cast<char*>(header));
+  const int64_t dim = header[0], n_layers = header[2], vocab = std::abs(header[5]);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const size_t rms_att = sizeof(header) + sizeof(float) * vocab * dim;
+  ASSERT_LE(rms_att + sizeof(float) * n_layers * dim, bytes.size());
+  for (int64_t i = 0; i < n_layers * dim; ++i) {
+    std::copy_n(reinterpret_cast<const char*>(&nan), sizeof(float),
+                bytes.data() + rms_att + sizeof(float) * i);
+  }
+  std::ofstream(to, std::ios::binary) << bytes;
 }
 
 // Runs `body`, expecting an llt::InputError whose one-line message contains every needle;

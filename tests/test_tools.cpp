@@ -7,14 +7,19 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <regex>
+#include <set>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
 #include "test_support.h"
 #include "llt/io.h"
+#include "llt/tools/cli.h"
 #include "llt/tools/options.h"
 
 namespace {
@@ -318,6 +323,284 @@ TEST(LltFinetune, SigusrOneCheckpointsExitsSeventyFiveAndResumes) {
                            std::to_string(steps + 2));
   EXPECT_EQ(resumed.code, 0) << resumed.output;
   EXPECT_NE(resumed.output.find("resumed from"), std::string::npos) << resumed.output;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Flag checks of the five tools: bounds said in words (not CLI11's 309-digit double range), nan
+// and inf refused by the flag check itself, config-file errors naming file, key and type. The
+// tools' own parse functions run in this process (a tool's start costs a second or two here).
+namespace {
+
+const std::vector<std::string> kTools = {"llt-generate", "llt-perplexity", "llt-tokenize",
+                                         "llt-finetune", "llt-report"};
+
+// The tool's command line with its required flags, valid. Should a check let a bad value
+// through, parsing succeeds (code 0) and the test fails.
+std::string tool_base(const std::string& tool, const fs::path& dir) {
+  if (tool == "llt-generate") {
+    return "llt-generate --model " + kStories + "/stories260K.bin --tokenizer " + kStories +
+           "/tok512.model --prompt hi";
+  }
+  if (tool == "llt-perplexity") {
+    return "llt-perplexity --model preset:tiny --text " + (dir / "one.jsonl").string() +
+           " --output " + (dir / "ppl").string();
+  }
+  if (tool == "llt-tokenize") {
+    return "llt-tokenize --tokenizer " + kStories + "/tok512.model --input " +
+           (dir / "one.jsonl").string() + " --output " + (dir / "data").string();
+  }
+  if (tool == "llt-finetune") {
+    return "llt-finetune --model preset:tiny --data " + dir.string() + " --output " +
+           (dir / "run").string();
+  }
+  return "llt-report " + dir.string() + " --no-plots --output " + (dir / "report").string();
+}
+
+fs::path flags_dir() {
+  const auto dir = fresh_dir("flags");
+  std::ofstream(dir / "one.jsonl") << R"({"instruction": "x", "input": "", "output": "y"})"
+                                   << "\n";
+  return dir;
+}
+
+// Runs the parse function of the tool named by the first word of `args` (words split at
+// spaces); `code` is Exit's code, 0 if parsing passed. Output: what it printed, or the message
+// of another exception.
+llt::testing::ToolRun parse(const std::string& args) {
+  std::vector<std::string> words;
+  std::istringstream in(args);
+  for (std::string w; in >> w;) words.push_back(w);
+  std::vector<char*> argv;
+  for (auto& w : words) argv.push_back(w.data());
+  const int argc = static_cast<int>(argv.size());
+  llt::testing::ToolRun r;
+  r.code = 0;
+  ::testing::internal::CaptureStdout();
+  ::testing::internal::CaptureStderr();
+  try {
+    if (words[0] == "llt-generate") llt::tools::parse_generate(argc, argv.data());
+    if (words[0] == "llt-perplexity") llt::tools::parse_perplexity(argc, argv.data());
+    if (words[0] == "llt-tokenize") llt::tools::parse_tokenize(argc, argv.data());
+    if (words[0] == "llt-finetune") llt::tools::parse_finetune(argc, argv.data());
+    if (words[0] == "llt-report") llt::tools::parse_report(argc, argv.data());
+  } catch (const llt::tools::Exit& e) {
+    r.code = e.code;
+  } catch (const std::exception& e) {
+    r.code = -1;
+    r.output = e.what();
+  }
+  r.output += ::testing::internal::GetCapturedStderr();
+  r.output += ::testing::internal::GetCapturedStdout();
+  return r;
+}
+
+// Every number flag a tool's --help lists, with its type: "  --grad-accum INT:>= 1=1  ...".
+std::vector<std::pair<std::string, std::string>> number_flags(const std::string& tool) {
+  const auto help = parse(tool + " --help");
+  EXPECT_EQ(help.code, 0) << help.output;
+  std::vector<std::pair<std::string, std::string>> flags;
+  const std::regex line(R"(^ +(--[a-z0-9-]+) (INT|UINT|FLOAT)\b)");
+  std::istringstream in(help.output);
+  for (std::string text; std::getline(in, text);) {
+    std::smatch m;
+    if (std::regex_search(text, m, line)) flags.emplace_back(m[1], m[2]);
+  }
+  return flags;
+}
+
+struct RangeCase {
+  std::string tool, flag, value, message;  // message follows "error: <flag> "
+};
+
+// Every range-checked flag, with a value just outside its range.
+const std::vector<RangeCase> kRangeCases = {
+    {"llt-generate", "--threads", "-1", "must be >= 0, got -1"},
+    {"llt-generate", "--n-layers", "-1", "must be >= 0, got -1"},
+    {"llt-generate", "--max-new-tokens", "0", "must be >= 1, got 0"},
+    {"llt-generate", "--temperature", "-0.5", "must be >= 0, got -0.5"},
+    {"llt-generate", "--top-k", "-1", "must be >= 0, got -1"},
+    {"llt-generate", "--top-p", "1.5", "must be in [0, 1], got 1.5"},
+    {"llt-generate", "--batch-size", "0", "must be >= 1, got 0"},
+    {"llt-perplexity", "--threads", "-1", "must be >= 0, got -1"},
+    {"llt-perplexity", "--n-layers", "-1", "must be >= 0, got -1"},
+    {"llt-perplexity", "--window", "0", "must be >= 1, got 0"},
+    {"llt-perplexity", "--stride", "0", "must be >= 1, got 0"},
+    {"llt-perplexity", "--batch-size", "0", "must be >= 1, got 0"},
+    {"llt-tokenize", "--max-len", "1", "must be in [2, 1073741824], got 1"},
+    {"llt-tokenize", "--skip", "-1", "must be >= 0, got -1"},
+    {"llt-tokenize", "--first", "-1", "must be >= 0, got -1"},
+    {"llt-tokenize", "--samples-per-shard", "0", "must be >= 1, got 0"},
+    {"llt-tokenize", "--threads", "-1", "must be >= 0, got -1"},
+    {"llt-finetune", "--threads", "-1", "must be >= 0, got -1"},
+    {"llt-finetune", "--n-layers", "-1", "must be >= 0, got -1"},
+    {"llt-finetune", "--batch-size", "0", "must be >= 1, got 0"},
+    {"llt-finetune", "--grad-accum", "0", "must be >= 1, got 0"},
+    {"llt-finetune", "--epochs", "0", "must be >= 1, got 0"},
+    {"llt-finetune", "--max-steps", "-1", "must be >= 0, got -1"},
+    {"llt-finetune", "--save-every", "-1", "must be >= 0, got -1"},
+    {"llt-finetune", "--log-every", "-1", "must be >= 0, got -1"},
+    {"llt-finetune", "--memory-cap-gib", "-1", "must be >= 0, got -1"},
+    {"llt-finetune", "--memory-cap-gb", "-1", "must be >= 0, got -1"},
+    {"llt-finetune", "--lora-rank", "-1", "must be >= 0, got -1"},
+    {"llt-finetune", "--lora-dropout", "1.5", "must be in [0, 1], got 1.5"},
+    {"llt-finetune", "--warmup-steps", "-1", "must be >= 0, got -1"},
+    {"llt-finetune", "--weight-decay", "-0.1", "must be >= 0, got -0.1"},
+    {"llt-finetune", "--grad-clip", "-1", "must be >= 0, got -1"},
+    {"llt-finetune", "--grad-checkpoint-every", "0", "must be >= 1, got 0"},
+    {"llt-finetune", "--world-size", "-1", "must be >= 0, got -1"},
+    {"llt-finetune", "--rank", "-2", "must be in [-1, 1048576], got -2"},
+    {"llt-finetune", "--dist-port", "65536", "must be in [0, 65535], got 65536"},
+    {"llt-finetune", "--dist-timeout", "0", "must be > 0, got 0"},
+    {"llt-finetune", "--dist-bucket-mib", "0", "must be > 0, got 0"},
+    {"llt-finetune", "--dist-bucket-mb", "0", "must be > 0, got 0"},
+    {"llt-report", "--gnuplot-timeout", "-1", "must be >= 0, got -1"},
+};
+
+// Number flags without a range: any finite value.
+const std::set<std::string> kUnbounded = {"--seed", "--lora-alpha", "--lr"};
+
+void expect_flag_error(const llt::testing::ToolRun& r, const std::string& args,
+                       const std::string& needle) {
+  EXPECT_EQ(r.code, 1) << args << "\n" << r.output;
+  EXPECT_EQ(count_lines(r.output), 1) << args << "\n" << r.output;
+  EXPECT_NE(r.output.find(needle), std::string::npos) << args << "\n" << r.output;
+  EXPECT_EQ(r.output.find("179769"), std::string::npos) << r.output;  // DBL_MAX's digits
+}
+
+class ToolFlags : public ::testing::TestWithParam<std::string> {};
+
+// The table above is complete: every number flag of --help is in it or known to be unbounded.
+TEST_P(ToolFlags, EveryRangeCheckedFlagSaysItsBoundInWords) {
+  const std::string tool = GetParam();
+  const auto dir = flags_dir();
+  ASSERT_EQ(parse(tool_base(tool, dir)).code, 0) << tool_base(tool, dir);
+  const auto flags = number_flags(tool);
+  EXPECT_FALSE(flags.empty()) << tool;
+  std::set<std::string> in_help;
+  for (const auto& [flag, type] : flags) {
+    in_help.insert(flag);
+    const bool listed = std::any_of(kRangeCases.begin(), kRangeCases.end(), [&](const auto& c) {
+      return c.tool == tool && c.flag == flag;
+    });
+    EXPECT_TRUE(listed || kUnbounded.count(flag)) << tool << " " << flag << " is not in the table";
+  }
+  for (const auto& c : kRangeCases) {
+    if (c.tool != tool) continue;
+    EXPECT_TRUE(in_help.count(c.flag)) << tool << " --help does not list " << c.flag;
+    const std::string args = tool_base(tool, dir) + " " + c.flag + "=" + c.value;
+    expect_flag_error(parse(args), args, tool + ": error: " + c.flag + " " + c.message);
+  }
+}
+
+// nan and inf fail the flag check itself (exit 1 naming the flag), not a later step.
+TEST_P(ToolFlags, NanAndInfFailTheFlagCheckOfEveryNumberFlag) {
+  const std::string tool = GetParam();
+  const auto dir = flags_dir();
+  for (const auto& [flag, type] : number_flags(tool)) {
+    for (const std::string value : {"nan", "inf", "-inf", "NaN"}) {
+      const std::string args = tool_base(tool, dir) + " " + flag + "=" + value;
+      const std::string needle = flag == "--seed" ? flag  // an integer: CLI11's conversion error
+                                                  : flag + " must be a finite number, got " + value;
+      expect_flag_error(parse(args), args, needle);
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Cli, ToolFlags, ::testing::ValuesIn(kTools),
+                         [](const auto& info) { return info.param.substr(4); });  // no "llt-"
+
+// The process itself exits 1 on --temperature nan (it used to run on and exit 2).
+TEST(LltGenerate, TemperatureNanExitsOne) {
+  const auto r = run(tool_base("llt-generate", "") + " --temperature nan");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("llt-generate: error: --temperature must be a finite number, got nan"),
+            std::string::npos)
+      << r.output;
+}
+
+// --config errors name the file (and line), the key and what was expected; never "INI".
+TEST(Cli, ConfigErrorsNameTheFileTheKeyAndTheExpectedType) {
+  const auto dir = fresh_dir("config_errors");
+  struct Case {
+    std::string tool, toml, needle;
+  };
+  const std::vector<Case> cases = {
+      {"llt-generate", "max-new-tokens = \"three\"\n",
+       ":1: key 'max-new-tokens': expected an integer, got 'three'"},
+      {"llt-generate", "kv-cache = \"on\"\nmax-new-tokens = 2.5\n",
+       ":2: key 'max-new-tokens': expected an integer, got '2.5'"},
+      {"llt-generate", "temperature = nan\n",
+       ":1: key 'temperature': expected a finite number, got 'nan'"},
+      {"llt-generate", "temperature = \"warm\"\n",
+       ":1: key 'temperature': expected a finite number, got 'warm'"},
+      {"llt-generate", "top-p = 2\n", ":1: key 'top-p': must be in [0, 1], got 2"},
+      {"llt-generate", "bos = \"maybe\"\n", ":1: key 'bos': expected true or false, got 'maybe'"},
+      {"llt-generate", "max-new-tokenz = 3\n", ":1: unknown key 'max-new-tokenz'"},
+      {"llt-generate", "\n[sampling]\ntemperature = 1\n", ":2: [sampling]: tables are not"},
+      {"llt-finetune", "rank = 1\n", ":1: key 'rank' cannot be set in a config file"},
+      {"llt-finetune", "grad-accum = 0\n", ":1: key 'grad-accum': must be >= 1, got 0"},
+      {"llt-tokenize", "first = -2\n", ":1: key 'first': must be >= 0, got -2"},
+      {"llt-report", "gnuplot-timeout = inf\n",
+       ":1: key 'gnuplot-timeout': expected a finite number, got 'inf'"},
+  };
+  const auto flags = flags_dir();
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const auto config = dir / ("c" + std::to_string(i) + ".toml");
+    std::ofstream(config) << cases[i].toml;
+    const std::string args = tool_base(cases[i].tool, flags) + " --config " + config.string();
+    const auto r = parse(args);
+    expect_flag_error(r, args, "error: " + config.string() + cases[i].needle);
+    EXPECT_EQ(r.output.find("INI"), std::string::npos) << r.output;
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Non-finite weights and binary prompts files
+namespace {
+
+TEST(LltGenerate, NanWeightsExitFourNamingTheWeightsAndWriteNoOutput) {
+  const auto dir = fresh_dir("nan");
+  const auto model = dir / "nan.bin";
+  llt::testing::write_nan_llama2c_copy(kStories + "/stories260K.bin", model);
+  const auto out = dir / "gen.jsonl";
+  for (const std::string kv : {"on", "off"}) {
+    const std::string args = "llt-generate --model " + model.string() + " --tokenizer " +
+                             kStories + "/tok512.model --threads 1 --prompt 'Once upon' " +
+                             "--max-new-tokens 4 --kv-cache " + kv + " --output " + out.string();
+    const auto r = run(args);
+    EXPECT_EQ(r.code, 4) << args << "\n" << r.output;
+    EXPECT_NE(r.output.find("error: non-finite logits"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("weights"), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find("\xe2\x81\x87"), std::string::npos) << r.output;  // no "⁇" printed
+    EXPECT_FALSE(fs::exists(out)) << r.output;
+    EXPECT_FALSE(fs::exists(out.string() + ".tmp"));
+  }
+}
+
+TEST(LltGenerate, BinaryPromptsFileIsRefusedNamingTheFileAndLine) {
+  const auto dir = fresh_dir("binary_prompts");
+  const auto gz = dir / "prompts.txt.gz";
+  std::ofstream(gz, std::ios::binary)
+      << std::string("\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03", 10);
+  const auto utf16 = dir / "prompts-utf16.txt";
+  std::ofstream(utf16, std::ios::binary) << std::string("\xff\xfeh\0i\0\n\0", 8);
+  const auto nul = dir / "prompts-nul.txt";
+  std::ofstream(nul, std::ios::binary) << std::string("one\ntwo\0three\n", 14);
+  const std::vector<std::pair<fs::path, std::string>> cases = {
+      {gz, "prompts.txt.gz (--prompts-file): invalid UTF-8 at byte 1 (line 1, column 2)"},
+      {utf16, "prompts-utf16.txt (--prompts-file): invalid UTF-8 at byte 0 (line 1, column 1)"},
+      {nul, "prompts-nul.txt (--prompts-file): a NUL byte at byte 7 (line 2, column 4)"},
+  };
+  for (const auto& [path, needle] : cases) {
+    const std::string args =
+        kGenerate + "--prompts-file " + path.string() + " --output " + (dir / "out.jsonl").string();
+    expect_flag_error(run(args), args, needle);
+    EXPECT_FALSE(fs::exists(dir / "out.jsonl"));
+  }
 }
 
 }  // namespace

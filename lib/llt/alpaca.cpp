@@ -216,6 +216,18 @@ AlpacaFile parse_alpaca_records(std::string_view text, const std::string& file) 
     out.format = "json";
     parse_json_array(scrub, file, out);
   } else {
+    // One JSON object over the whole file (pretty-printed, or a wrapper such as {"data": [...]})
+    // is not JSONL; a single-line Alpaca record is.
+    const auto whole = nlohmann::json::parse(scrub.text, nullptr, /*allow_exceptions=*/false);
+    const bool one_line =
+        scrub.text.find_first_not_of(" \t\r\n", scrub.text.find('\n')) == std::string::npos;
+    const bool record_like =
+        whole.is_object() && std::any_of(std::begin(kFields), std::end(kFields),
+                                         [&](const char* k) { return whole.contains(k); });
+    if (whole.is_object() && !(one_line && record_like)) {
+      throw InputError(file + ": expected a JSON array of Alpaca records (or JSONL, one record " +
+                       "per line), got an object");
+    }
     out.format = "jsonl";
     parse_json_lines(scrub, out);
   }

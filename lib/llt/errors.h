@@ -14,7 +14,7 @@ enum class ExitCode : int {
   kBadInput = 1,    // bad usage or bad input (file, flag, field)
   kRuntime = 2,     // anything else that went wrong at run time
   kOutOfMemory = 3,
-  kNonFinite = 4,   // loss went NaN/inf outside fp16 loss scaling
+  kNonFinite = 4,   // loss or logits went NaN/inf (outside fp16 loss scaling)
   kPreempted = 75,  // checkpoint saved after SIGUSR1/SIGTERM; the sbatch template requeues
 };
 
@@ -45,6 +45,12 @@ class OutOfMemoryError : public Error {
  public:
   explicit OutOfMemoryError(const std::string& message)
       : Error(ExitCode::kOutOfMemory, message) {}
+};
+
+// Logits or loss went NaN/inf (weights holding NaN/inf, or a compute dtype too narrow). Exit 4.
+class NonFiniteError : public Error {
+ public:
+  explicit NonFiniteError(const std::string& message) : Error(ExitCode::kNonFinite, message) {}
 };
 
 // Maps any exception to an exit code and prints "llt-<tool>: error: <message>" on stderr.

@@ -9,6 +9,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include "llt/errors.h"
+#include "llt/runtime.h"
 
 namespace llt {
 namespace {
@@ -101,6 +102,11 @@ GenerateResult generate(TransformerImpl& model, const std::vector<std::vector<in
       logits = model.forward(tokens.slice(1, 0, cur).to(device)).select(1, -1);
     }
     ++result.forward_calls;
+    // NaN logits would still give ids (argmax of NaN), so garbage would pass for text.
+    if (!at::isfinite(logits).all().item<bool>()) {
+      throw NonFiniteError("non-finite logits (NaN/inf) at position " + std::to_string(cur - 1) +
+                           ": " + non_finite_causes(dtype));
+    }
     const auto next = sample_next(logits.to(at::kFloat), options.sampling, generator).cpu();
     const auto next_acc = next.accessor<int64_t, 1>();
     bool all_done = true;

@@ -35,7 +35,7 @@ struct GenerateResult {
 // shortest prompt, and a longer prompt's own tokens override what was sampled at its positions.
 // Each sequence only ever attends to its real tokens, so no padding mask is needed and greedy
 // ids do not depend on the batch. Throws InputError on an empty prompt or one longer than the
-// model's max_seq_len.
+// model's max_seq_len, and NonFiniteError when the logits hold NaN/inf.
 GenerateResult generate(TransformerImpl& model, const std::vector<std::vector<int64_t>>& prompts,
                         const GenerateOptions& options);
 

@@ -9,6 +9,7 @@
 
 #include "llt/errors.h"
 #include "llt/loss.h"
+#include "llt/runtime.h"
 
 namespace llt {
 namespace {
@@ -69,6 +70,11 @@ void score_batch(TransformerImpl& model, const std::vector<ScoredSequence>& sequ
     score.start = s.start;
     score.tokens = static_cast<int64_t>(s.ids.size()) - s.first_target;
     score.nll_sum = sum[i - first];
+    if (!std::isfinite(score.nll_sum)) {
+      throw NonFiniteError("sequence " + std::to_string(i) + " (index " + std::to_string(s.index) +
+                           "): non-finite loss (NaN/inf): " +
+                           non_finite_causes(model.tok_embeddings->weight.scalar_type()));
+    }
     result.tokens += score.tokens;
     result.nll_sum += score.nll_sum;
     result.sequences.push_back(score);

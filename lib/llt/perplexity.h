@@ -60,7 +60,7 @@ std::vector<ScoredSequence> text_windows(const std::vector<int32_t>& ids, int64_
 // changes a score: attention is causal and padded positions are not scored). Runs under
 // InferenceMode on the model's device. Throws InputError on an empty sequence list, a sequence
 // longer than the model's max_seq_len, an id outside the vocabulary or first_target outside
-// [1, ids.size()).
+// [1, ids.size()), and NonFiniteError when a sequence's loss is NaN/inf.
 PerplexityResult score_sequences(TransformerImpl& model,
                                  const std::vector<ScoredSequence>& sequences, int64_t batch_size,
                                  int64_t pad_id);

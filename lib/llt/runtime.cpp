@@ -137,4 +137,13 @@ std::string dtype_name(c10::ScalarType dtype) {
   return c10::toString(dtype);
 }
 
+std::string non_finite_causes(c10::ScalarType dtype) {
+  std::string causes = "the model's weights (or --adapter) hold NaN/inf";
+  if (dtype != c10::kFloat) {
+    causes += ", or --dtype " + dtype_name(dtype) + " is too narrow for its activations (try " +
+              "--dtype fp32)";
+  }
+  return causes;
+}
+
 }  // namespace llt

@@ -50,4 +50,8 @@ std::string device_without_bf16(const c10::Device& device);
 // The short name of a dtype: "fp32", "bf16", "fp16".
 std::string dtype_name(c10::ScalarType dtype);
 
+// The likely causes of NaN/inf logits from a model computing in `dtype`, for a NonFiniteError:
+// "the model's weights (or --adapter) hold NaN/inf", and for bf16/fp16 a --dtype too narrow.
+std::string non_finite_causes(c10::ScalarType dtype);
+
 }  // namespace llt

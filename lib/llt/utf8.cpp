@@ -1,6 +1,9 @@
 #include "llt/utf8.h"
 
+#include <algorithm>
 #include <cstdint>
+
+#include "llt/errors.h"
 
 namespace llt {
 namespace {
@@ -34,6 +37,15 @@ size_t sequence_length(std::string_view text, size_t pos) {
   return n;
 }
 
+// "byte B (line L, column C)" of byte offset `offset` in `text`: B counts from 0, L and C (in
+// bytes) from 1, as an editor shows them.
+std::string position(std::string_view text, size_t offset) {
+  const size_t line_start = offset == 0 ? 0 : text.rfind('\n', offset - 1) + 1;  // npos + 1 = 0
+  const auto line = 1 + std::count(text.begin(), text.begin() + offset, '\n');
+  return "byte " + std::to_string(offset) + " (line " + std::to_string(line) + ", column " +
+         std::to_string(offset - line_start + 1) + ")";
+}
+
 }  // namespace
 
 size_t find_invalid_utf8(std::string_view text, size_t from) {
@@ -50,6 +62,18 @@ size_t find_invalid_utf8(std::string_view text, size_t from) {
     pos += n;
   }
   return std::string_view::npos;
+}
+
+void check_utf8_text(std::string_view text, const std::string& where) {
+  const size_t invalid = find_invalid_utf8(text);
+  const size_t nul = text.find('\0');
+  if (nul != std::string_view::npos && nul < invalid) {
+    throw InputError(where + ": a NUL byte at " + position(text, nul) +
+                     ": expected UTF-8 text, not a binary file");
+  }
+  if (invalid != std::string_view::npos) {
+    throw InputError(where + ": invalid UTF-8 at " + position(text, invalid));
+  }
 }
 
 }  // namespace llt

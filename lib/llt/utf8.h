@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstddef>
+#include <string>
 #include <string_view>
 
 namespace llt {
@@ -15,5 +16,9 @@ size_t find_invalid_utf8(std::string_view text, size_t from = 0);
 inline bool is_valid_utf8(std::string_view text) {
   return find_invalid_utf8(text) == std::string_view::npos;
 }
+
+// Throws InputError "<where>: invalid UTF-8 at byte B (line L, column C)" unless `text` is
+// well-formed UTF-8; a NUL byte, the mark of a binary file, is refused the same way.
+void check_utf8_text(std::string_view text, const std::string& where);
 
 }  // namespace llt

@@ -1,8 +1,11 @@
 #include "llt/tools/cli.h"
 
+#include <cmath>
 #include <exception>
 #include <iomanip>
 #include <iostream>
+#include <iterator>
+#include <limits>
 #include <sstream>
 #include <string>
 
@@ -26,8 +29,164 @@ CLI::Option* add_choice(CLI::App& app, const std::string& flag, E& field,
       ->default_str(name_of(field));
 }
 
+// "1", "0.5", "65535": a bound as a reader writes it (CLI11 prints doubles with %f).
+std::string number_text(double v) {
+  std::ostringstream out;
+  out << std::setprecision(15) << v;
+  return out.str();
+}
+
+// The message of a number that is not finite or outside [min, max] ("" if it is fine):
+// "must be >= 1, got 0", "must be a finite number, got nan". `above`: min itself is refused.
+std::string check_number(const std::string& value, double min, double max, bool above = false) {
+  double v = 0;
+  size_t used = 0;
+  try {
+    v = std::stod(value, &used);
+  } catch (const std::exception&) {
+  }
+  if (used == 0 || used != value.size()) return "must be a number, got '" + value + "'";
+  if (!std::isfinite(v)) return "must be a finite number, got " + value;
+  if ((above ? v > min : v >= min) && v <= max) return "";
+  if (max == std::numeric_limits<double>::infinity()) {
+    return "must be " + std::string(above ? "> " : ">= ") + number_text(min) + ", got " + value;
+  }
+  return "must be in [" + number_text(min) + ", " + number_text(max) + "], got " + value;
+}
+
+// The check of every number flag: finite and within [min, max], in words (CLI11's Range,
+// PositiveNumber and NonNegativeNumber print the whole double range and let nan through).
+CLI::Validator number_in(double min = -std::numeric_limits<double>::infinity(),
+                         double max = std::numeric_limits<double>::infinity()) {
+  std::string description;
+  if (max != std::numeric_limits<double>::infinity()) {
+    description = "in [" + number_text(min) + ", " + number_text(max) + "]";
+  } else if (min != -std::numeric_limits<double>::infinity()) {
+    description = ">= " + number_text(min);
+  }
+  return CLI::Validator(
+      [min, max](std::string& value) { return check_number(value, min, max); }, description);
+}
+
+// A number flag that must be finite and > 0 (a duration, a size).
+CLI::Validator positive_number() {
+  return CLI::Validator(
+      [](std::string& value) {
+        return check_number(value, 0, std::numeric_limits<double>::infinity(), /*above=*/true);
+      },
+      "> 0");
+}
+
+// CLI11's TOML reader with errors that name the file, the line and the key: an unknown key, a
+// [table], a key that cannot be set from a file, or a value of the wrong type or range (checked
+// here with the option's own validators, before CLI11 applies it). CLI11 2.1's own messages say
+// "INI was not able to parse KEY" and name no file.
+class FlatTomlConfig : public CLI::ConfigTOML {
+ public:
+  explicit FlatTomlConfig(CLI::App* app) : app_(app) {}
+
+  std::vector<CLI::ConfigItem> from_config(std::istream& input) const override {
+    const std::string text{std::istreambuf_iterator<char>(input), std::istreambuf_iterator<char>()};
+    // CLI11 reads the --config files last to first.
+    const auto& files = app_->get_config_ptr()->results();
+    const std::string file =
+        calls_ < files.size() ? files[files.size() - 1 - calls_] : std::string("--config");
+    ++calls_;
+    std::vector<std::string> lines;
+    std::istringstream in(text);
+    for (std::string line; std::getline(in, line);) lines.push_back(CLI::detail::trim_copy(line));
+    for (size_t i = 0; i < lines.size(); ++i) {
+      if (lines[i].size() > 1 && lines[i].front() == '[' && lines[i].back() == ']') {
+        throw CLI::ConfigError(file + ":" + std::to_string(i + 1) + ": " + lines[i] +
+                               ": tables are not supported; keys are flat, named like the flags "
+                               "(lora-rank = 16)");
+      }
+    }
+    std::istringstream copy(text);
+    auto items = CLI::ConfigTOML::from_config(copy);
+    for (const auto& item : items) check_item(item, file, lines);
+    return items;
+  }
+
+ private:
+  // "FILE:LINE" of the line that sets `key` ("FILE" if none is found).
+  static std::string where(const std::string& file, const std::vector<std::string>& lines,
+                           const std::string& key) {
+    for (size_t i = 0; i < lines.size(); ++i) {
+      for (const std::string& name : {key, '"' + key + '"', "'" + key + "'"}) {
+        if (lines[i].compare(0, name.size(), name) != 0) continue;
+        const size_t next = lines[i].find_first_not_of(" \t", name.size());
+        if (next == std::string::npos || lines[i][next] == '=') {
+          return file + ":" + std::to_string(i + 1);
+        }
+      }
+    }
+    return file;
+  }
+
+  void check_item(const CLI::ConfigItem& item, const std::string& file,
+                  const std::vector<std::string>& lines) const {
+    const std::string key = item.fullname();
+    const std::string at = where(file, lines, key);
+    CLI::Option* op = item.parents.empty() ? app_->get_option_no_throw("--" + item.name) : nullptr;
+    if (op == nullptr) {
+      throw CLI::ConfigError(at + ": unknown key '" + key +
+                             "' (keys are the flag names without --)");
+    }
+    if (!op->get_configurable()) {
+      throw CLI::ConfigError(at + ": key '" + key + "' cannot be set in a config file; give --" +
+                             key + " on the command line");
+    }
+    if (!op->empty()) return;  // given on the command line, which wins: CLI11 skips this value
+    const std::string type = op->get_type_name().substr(0, op->get_type_name().find(':'));
+    for (std::string value : item.inputs) {
+      std::string error;
+      if (op->get_expected_min() == 0 || type == "BOOLEAN") {
+        try {
+          CLI::detail::to_flag_value(value);
+        } catch (const std::exception&) {
+          error = "expected true or false, got '" + value + "'";
+        }
+      } else if (type == "INT" || type == "UINT") {
+        size_t used = 0;
+        try {
+          std::stoll(value, &used);
+        } catch (const std::exception&) {
+        }
+        if (used == 0 || used != value.size() || (type == "UINT" && value[0] == '-')) {
+          error = "expected " + std::string(type == "UINT" ? "a non-negative " : "an ") +
+                  "integer, got '" + value + "'";
+        }
+      } else if (type == "FLOAT") {
+        error = check_number(value, -std::numeric_limits<double>::infinity(),
+                             std::numeric_limits<double>::infinity());
+        if (!error.empty()) error = "expected a finite number, got '" + value + "'";
+      }
+      for (int i = 0; error.empty(); ++i) {  // the option's validators, as CLI11 runs them
+        CLI::Validator* validator = nullptr;
+        try {
+          validator = op->get_validator(i);
+        } catch (const CLI::OptionNotFound&) {
+          break;
+        }
+        std::string copy = value;
+        try {
+          error = (*validator)(copy);
+        } catch (const CLI::ValidationError& e) {
+          error = e.what();
+        }
+      }
+      if (!error.empty()) throw CLI::ConfigError(at + ": key '" + key + "': " + error);
+    }
+  }
+
+  CLI::App* app_;
+  mutable size_t calls_ = 0;
+};
+
 void add_config_option(CLI::App& app) {
   app.set_config("--config", "", "TOML file of flat keys named like the flags (lora-rank = 16)");
+  app.config_formatter(std::make_shared<FlatTomlConfig>(&app));
   // Debian's CLI11 2.1 silently ignores [sections] and unknown keys unless told otherwise.
   app.allow_config_extras(CLI::config_extras_mode::error);
 }
@@ -53,25 +212,25 @@ void add_model_options(CLI::App& app, ModelOptions& o, bool with_tokenizer = tru
   app.add_option("--device", o.device, "auto | cpu | cuda[:N]")->capture_default_str();
   add_choice(app, "--dtype", o.dtype, "Compute dtype");
   app.add_option("--threads", o.threads, "CPU threads (0: SLURM_CPUS_PER_TASK, else all cores)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(number_in(0))
       ->capture_default_str();
   app.add_option("--n-layers", o.n_layers, "Keep only the first N blocks (0: all)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(number_in(0))
       ->capture_default_str();
 }
 
 void add_sampling_options(CLI::App& app, SamplingOptions& o) {
   app.add_option("--max-new-tokens", o.max_new_tokens, "Generated tokens per prompt, at most")
-      ->check(CLI::PositiveNumber)
+      ->check(number_in(1))
       ->capture_default_str();
   app.add_option("--temperature", o.temperature, "0 = greedy")
-      ->check(CLI::NonNegativeNumber)
+      ->check(number_in(0))
       ->capture_default_str();
   app.add_option("--top-k", o.top_k, "Sample from the k most likely tokens (0: off)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(number_in(0))
       ->capture_default_str();
   app.add_option("--top-p", o.top_p, "Nucleus sampling mass (1: off)")
-      ->check(CLI::Range(0.0, 1.0))
+      ->check(number_in(0, 1))
       ->capture_default_str();
   app.add_option("--seed", o.seed, "Sampler seed")->capture_default_str();
 }
@@ -109,7 +268,11 @@ void parse_or_exit(CLI::App& app, int argc, char** argv) {
     std::cout << app.help("", CLI::AppFormatMode::All);
     throw Exit{0};
   } catch (const CLI::ParseError& e) {
-    std::cerr << app.get_name() << ": error: " << e.what() << "\n";
+    std::string message = e.what();
+    // CLI11 writes a validator's message as "--flag: must be >= 1, got 0"; drop the colon.
+    const size_t colon = message.find(": must be ");
+    if (message.rfind("--", 0) == 0 && colon != std::string::npos) message.erase(colon, 1);
+    std::cerr << app.get_name() << ": error: " << message << "\n";
     throw Exit{1};
   }
 }
@@ -133,7 +296,7 @@ GenerateToolOptions parse_generate(int argc, char** argv) {
   add_choice(app, "--kv-cache", o.kv_cache, "Reuse keys/values across steps");
   app.add_option("--bos", o.bos, "Prepend BOS to each prompt")->capture_default_str();
   app.add_option("--batch-size", o.batch_size, "Prompts decoded together")
-      ->check(CLI::PositiveNumber)
+      ->check(number_in(1))
       ->capture_default_str();
   app.add_option("--output", o.output, "Write JSONL: one record per prompt");
   app.add_flag("--overwrite", o.overwrite, "Replace an existing --output file");
@@ -163,25 +326,25 @@ TokenizeToolOptions parse_tokenize(int argc, char** argv) {
   app.add_option("--output", o.output, "Dataset directory (manifest.json + shard-NNNNN.h5)")
       ->required();
   app.add_option("--max-len", o.max_len, "Tokens per sample at most; longer samples are cut")
-      ->check(CLI::Range(int64_t{2}, int64_t{1} << 30))
+      ->check(number_in(2, double(int64_t{1} << 30)))
       ->capture_default_str();
   app.add_option("--skip", o.skip, "Skip the first K records")
-      ->check(CLI::NonNegativeNumber)
+      ->check(number_in(0))
       ->capture_default_str();
   app.add_option("--first", o.first, "Take N records after --skip (0: all the rest)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(number_in(0))
       ->capture_default_str();
   app.add_option("--split", o.splits,
                  "NAME=START:END (repeatable): records [START, END) into DIR/NAME");
   app.add_option("--samples-per-shard", o.samples_per_shard, "Samples per shard file, at most")
-      ->check(CLI::PositiveNumber)
+      ->check(number_in(1))
       ->capture_default_str();
   add_choice(app, "--on-bad-record", o.on_bad_record,
              "fail: exit 1 naming the record; skip: drop it and list it in the manifest");
   app.add_flag("--overwrite", o.overwrite, "Replace the dataset in an existing --output");
   app.add_option("--threads", o.threads,
                  "Tokenizer threads (0: SLURM_CPUS_PER_TASK, else all cores)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(number_in(0))
       ->capture_default_str();
   parse_or_exit(app, argc, argv);
   return o;
@@ -209,13 +372,13 @@ FinetuneToolOptions parse_finetune(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber)->capture_default_str();
   auto& t = o.train;
   app.add_option("--batch-size", t.batch_size, "Samples per micro-batch")
-      ->check(CLI::PositiveNumber)->capture_default_str();
+      ->check(number_in(1))->capture_default_str();
   app.add_option("--grad-accum", t.grad_accum, "Micro-batches per optimizer step")
-      ->check(CLI::PositiveNumber)->capture_default_str();
+      ->check(number_in(1))->capture_default_str();
   app.add_option("--epochs", t.epochs, "Passes over the data (sets the schedule's length)")
-      ->check(CLI::PositiveNumber)->capture_default_str();
+      ->check(number_in(1))->capture_default_str();
   app.add_option("--max-steps", t.max_steps, "Stop after N optimizer steps (0: all)")
-      ->check(CLI::NonNegativeNumber)->capture_default_str();
+      ->check(number_in(0))->capture_default_str();
   add_choice(app, "--shuffle", t.shuffle, "on | off");
   app.add_option("--seed", t.seed, "Data order, LoRA init, dropout")->capture_default_str();
   add_choice(app, "--precision", t.precision, "Autocast compute dtype: fp32 | bf16 | fp16");
@@ -239,61 +402,62 @@ FinetuneToolOptions parse_finetune(int argc, char** argv) {
          "auto | never | PATH of a checkpoints/step-N folder")
       ->default_str(name_of(t.resume));
   app.add_option("--save-every", t.save_every, "Checkpoint every N steps (0: only at the end)")
-      ->check(CLI::NonNegativeNumber)->capture_default_str();
+      ->check(number_in(0))->capture_default_str();
   app.add_option("--log-every", t.log_every, "Progress line every N steps")
-      ->check(CLI::NonNegativeNumber)->capture_default_str();
+      ->check(number_in(0))->capture_default_str();
   CLI::Option* cap_gib = app.add_option("--memory-cap-gib", t.memory_cap_gib,
                  "Tensor memory cap in GiB, to emulate a smaller device (CUDA: the caching "
                  "allocator, context excluded; CPU: counted host bytes; 0: none)")
-      ->check(CLI::NonNegativeNumber)->capture_default_str();
+      ->check(number_in(0))->capture_default_str();
   double memory_cap_gb = 0;  // the deprecated decimal name (x 1e9 bytes)
   CLI::Option* cap_gb =
       app.add_option("--memory-cap-gb", memory_cap_gb, "Deprecated: --memory-cap-gib (x 1e9 bytes)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(number_in(0));
   auto& l = o.lora;
   app.add_option("--lora-rank", l.rank, "LoRA rank r (0: full fine-tuning)")
-      ->check(CLI::NonNegativeNumber)->capture_default_str();
-  app.add_option("--lora-alpha", l.alpha, "LoRA alpha (scale alpha / r)")->capture_default_str();
+      ->check(number_in(0))->capture_default_str();
+  app.add_option("--lora-alpha", l.alpha, "LoRA alpha (scale alpha / r)")
+      ->check(number_in())->capture_default_str();
   app.add_option("--lora-dropout", l.dropout, "Dropout on the adapter input")
-      ->check(CLI::Range(0.0, 1.0))->capture_default_str();
+      ->check(number_in(0, 1))->capture_default_str();
   app.add_option("--lora-targets", l.targets, "Comma-separated: wq,wk,wv,wo,w1,w2,w3")
       ->delimiter(',')->capture_default_str();
   auto& p = o.optim;
-  app.add_option("--lr", p.lr, "Peak learning rate")->capture_default_str();
+  app.add_option("--lr", p.lr, "Peak learning rate")->check(number_in())->capture_default_str();
   add_choice(app, "--lr-schedule", p.lr_schedule, "constant | cosine | linear");
   app.add_option("--warmup-steps", p.warmup_steps, "Linear warmup steps")
-      ->check(CLI::NonNegativeNumber)->capture_default_str();
+      ->check(number_in(0))->capture_default_str();
   app.add_option("--weight-decay", p.weight_decay, "AdamW decoupled weight decay")
-      ->check(CLI::NonNegativeNumber)->capture_default_str();
+      ->check(number_in(0))->capture_default_str();
   app.add_option("--grad-clip", p.grad_clip, "Max global gradient L2 norm (0: off)")
-      ->check(CLI::NonNegativeNumber)->capture_default_str();
+      ->check(number_in(0))->capture_default_str();
   auto& r = o.recompute;
   add_choice(app, "--grad-checkpoint", r.policy,
              "Recompute activations in backward: none | block | every-k | ffn");
   app.add_option("--grad-checkpoint-every", r.every, "K of every-k")
-      ->check(CLI::PositiveNumber)->capture_default_str();
+      ->check(number_in(1))->capture_default_str();
   auto& d = o.dist;  // data parallelism; unset values come from srun's or torchrun's environment
   app.add_option("--world-size", d.world_size,
                  "Processes (0: WORLD_SIZE, else SLURM_STEP_NUM_TASKS under srun, else 1)")
-      ->check(CLI::NonNegativeNumber)->capture_default_str();
+      ->check(number_in(0))->capture_default_str();
   // Per process, so never read from a shared --config file (nor written to config.toml).
   app.add_option("--rank", d.rank, "This process's rank (-1: RANK, else SLURM_PROCID)")
-      ->check(CLI::Range(int64_t{-1}, int64_t{1} << 20))->configurable(false);
+      ->check(number_in(-1, double(int64_t{1} << 20)))->configurable(false);
   app.add_option("--dist-init", d.init,
                  "Rendezvous: file:///SHARED/PATH or tcp://HOST:PORT (default: MASTER_ADDR, "
                  "else the first host of the SLURM step)");
   app.add_option("--dist-port", d.port,
                  "Port of the default rendezvous (0: MASTER_PORT, else from SLURM_JOB_ID)")
-      ->check(CLI::Range(0, 65535))->capture_default_str();
+      ->check(number_in(0, 65535))->capture_default_str();
   app.add_option("--dist-timeout", d.timeout, "Seconds to wait for the other processes")
-      ->check(CLI::PositiveNumber)->capture_default_str();
+      ->check(positive_number())->capture_default_str();
   CLI::Option* bucket_mib =
       app.add_option("--dist-bucket-mib", d.bucket_mib, "MiB of gradients per all-reduce")
-          ->check(CLI::PositiveNumber)->capture_default_str();
+          ->check(positive_number())->capture_default_str();
   double bucket_mb = 0;  // the deprecated name (its "MB" meant 2^20 bytes already)
   CLI::Option* bucket_mb_option =
       app.add_option("--dist-bucket-mb", bucket_mb, "Deprecated: --dist-bucket-mib")
-          ->check(CLI::PositiveNumber);
+          ->check(positive_number());
   parse_or_exit(app, argc, argv);
   // The resolved config names only the new flags.
   replace_deprecated(app, cap_gb, memory_cap_gb, cap_gib, t.memory_cap_gib,
@@ -309,17 +473,6 @@ FinetuneToolOptions parse_finetune(int argc, char** argv) {
 }
 
 PerplexityToolOptions parse_perplexity(int argc, char** argv) {
-  // CLI::PositiveNumber's message prints the whole double range; say it plainly.
-  const CLI::Validator positive(
-      [](std::string& value) -> std::string {
-        size_t used = 0;
-        try {
-          if (std::stoll(value, &used) >= 1 && used == value.size()) return "";
-        } catch (const std::exception&) {
-        }
-        return "expected a positive integer, got '" + value + "'";
-      },
-      "POSITIVE");
   PerplexityToolOptions o;
   CLI::App app{"Perplexity of a LLaMA model (with --adapter, or merged) over an llt-tokenize "
                "dataset or a text file.",
@@ -341,13 +494,13 @@ PerplexityToolOptions parse_perplexity(int argc, char** argv) {
              "first)")
       ->excludes(text);
   app.add_option("--window", o.window, "With --text: tokens per window (default: max_seq_len)")
-      ->check(positive)
+      ->check(number_in(1))
       ->excludes(data);
   app.add_option("--stride", o.stride, "With --text: tokens between windows (default: --window)")
-      ->check(positive)
+      ->check(number_in(1))
       ->excludes(data);
   app.add_option("--batch-size", o.batch_size, "Samples (or windows) per forward")
-      ->check(positive)
+      ->check(number_in(1))
       ->capture_default_str();
   app.add_option("--per-sample", o.per_sample,
                  "JSONL file: index, tokens, nll_sum, mean_nll per sample (or window)");
@@ -380,6 +533,7 @@ ReportToolOptions parse_report(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--gnuplot-timeout", o.gnuplot_timeout_s,
                  "Seconds gnuplot may take per plot before it is stopped (0: no limit)")
+      ->check(number_in(0))
       ->capture_default_str();
   parse_or_exit(app, argc, argv);
   return o;

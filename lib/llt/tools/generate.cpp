@@ -12,6 +12,7 @@
 #include "llt/io.h"
 #include "llt/runtime.h"
 #include "llt/tools/setup.h"
+#include "llt/utf8.h"
 
 namespace llt::tools {
 namespace {
@@ -85,6 +86,7 @@ std::string utf8_completion(const Tokenizer& tokenizer, const std::vector<int64_
 
 std::vector<PromptRecord> read_prompts_file(const std::string& path) {
   const std::string text = read_file(path);
+  check_utf8_text(text, path + " (--prompts-file)");  // a gzip or other binary file: refused
   if (auto records = parse_prompts_object(text, path)) return *records;
   std::istringstream in(text);
   std::vector<std::string> lines;
@@ -118,7 +120,10 @@ std::string apply_template(const PromptRecord& record, PromptTemplate default_te
 
 int run_generate(const GenerateToolOptions& options) {
   std::vector<PromptRecord> records;
-  for (const auto& p : options.prompts) records.push_back({p, "", std::nullopt});
+  for (const auto& p : options.prompts) {
+    check_utf8_text(p, "--prompt");
+    records.push_back({p, "", std::nullopt});
+  }
   if (!options.prompts_file.empty()) {
     auto from_file = read_prompts_file(options.prompts_file);
     records.insert(records.end(), from_file.begin(), from_file.end());

@@ -15,6 +15,7 @@
 #include "llt/runtime.h"
 #include "llt/tokenizer.h"
 #include "llt/tools/setup.h"
+#include "llt/utf8.h"
 #include "llt/weights.h"
 
 namespace llt::tools {
@@ -101,6 +102,7 @@ Plan make_plan(const PerplexityToolOptions& o) {
   }
   resolve_windows(o, plan);
   plan.text = read_file(o.text);
+  check_utf8_text(plan.text, o.text + " (--text)");
   if (plan.text.find_first_not_of(" \t\r\n") == std::string::npos) {
     throw InputError(o.text + ": the text file is empty (--text)");
   }
