@@ -434,6 +434,7 @@ const std::vector<RangeCase> kRangeCases = {
     {"llt-tokenize", "--samples-per-shard", "0", "must be >= 1, got 0"},
     {"llt-tokenize", "--threads", "-1", "must be >= 0, got -1"},
     {"llt-finetune", "--threads", "-1", "must be >= 0, got -1"},
+    {"llt-finetune", "--eval-every", "-1", "must be >= 0, got -1"},
     {"llt-finetune", "--n-layers", "-1", "must be >= 0, got -1"},
     {"llt-finetune", "--batch-size", "0", "must be >= 1, got 0"},
     {"llt-finetune", "--grad-accum", "0", "must be >= 1, got 0"},

@@ -369,7 +369,7 @@ FinetuneToolOptions parse_finetune(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--eval-every", o.eval_every, "Evaluate on --eval-data every N steps (0: only "
                  "at step 0 and at the end)")
-      ->check(CLI::NonNegativeNumber)->capture_default_str();
+      ->check(number_in(0))->capture_default_str();
   auto& t = o.train;
   app.add_option("--batch-size", t.batch_size, "Samples per micro-batch")
       ->check(number_in(1))->capture_default_str();
