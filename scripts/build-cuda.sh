@@ -6,6 +6,9 @@
 # $ORIGIN-relative RUNPATHs (torch/lib -> ../../nvidia/*/lib) resolve. Extra arguments go to
 # `cmake --build` (e.g. --target llt-finetune).
 #
+# `--fetch-only`: only fetch and unpack the wheels (no nvcc needed) and print the unpacked
+# folder's path (scripts/client-venv.sh uses its torch).
+#
 # Exit 77 when this machine cannot make the build (no nvcc, no pip, PyPI out of reach): the
 # caller decides whether that is a skip (a user's machine) or a failure (CI: LLT_REQUIRE_CUDA=1).
 #   LLT_WHEEL_CACHE     the cache (default /var/cache/llt/wheels; ~2.5 GB of wheels, ~6 GB unpacked)
@@ -16,15 +19,27 @@ requirements=scripts/cuda-wheels.txt
 cache=${LLT_WHEEL_CACHE:-/var/cache/llt/wheels}
 build_dir=${LLT_CUDA_BUILD_DIR:-build-cuda}
 
+fetch_only=0
+if [[ ${1:-} == --fetch-only ]]; then
+  fetch_only=1
+  shift
+fi
+
 unavailable() {
-  echo "build-cuda: $*; the CUDA build is not made on this machine" >&2
+  if ((fetch_only)); then
+    echo "build-cuda: $*; the CUDA wheels are not fetched on this machine" >&2
+  else
+    echo "build-cuda: $*; the CUDA build is not made on this machine" >&2
+  fi
   exit 77
 }
 
-nvcc=$(command -v nvcc || true)
-[[ -z $nvcc && -x /usr/local/cuda/bin/nvcc ]] && nvcc=/usr/local/cuda/bin/nvcc
-[[ -n $nvcc ]] || unavailable "no nvcc (the CUDA toolkit) on PATH or in /usr/local/cuda"
-cuda_root=$(dirname "$(dirname "$(readlink -f "$nvcc")")")
+if ((!fetch_only)); then
+  nvcc=$(command -v nvcc || true)
+  [[ -z $nvcc && -x /usr/local/cuda/bin/nvcc ]] && nvcc=/usr/local/cuda/bin/nvcc
+  [[ -n $nvcc ]] || unavailable "no nvcc (the CUDA toolkit) on PATH or in /usr/local/cuda"
+  cuda_root=$(dirname "$(dirname "$(readlink -f "$nvcc")")")
+fi
 command -v unzip >/dev/null || unavailable "no unzip (scripts/install-deps.sh installs it)"
 pip=()
 for py in python3 /usr/bin/python3; do
@@ -94,6 +109,11 @@ if [[ ! -f $site/.complete ]]; then
   touch "$site.partial/.complete"
   rm -rf "$site"
   mv "$site.partial" "$site"
+fi
+
+if ((fetch_only)); then
+  echo "$site"
+  exit 0
 fi
 
 # 3. Configure with the pinned CMake (Debian's 3.25 predates CUDA 13's header layout) and build.

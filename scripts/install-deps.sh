@@ -8,6 +8,8 @@ packages=(
   g++ cmake ninja-build pkg-config ccache git
   # scripts/build-cuda.sh unpacks the CUDA LibTorch wheels
   unzip
+  # scripts/build-cuda.sh and scripts/client-venv.sh fetch their pinned wheels with pip
+  python3-pip
   # libraries
   libtorch-dev libsentencepiece-dev libhdf5-dev libcli11-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev

@@ -200,8 +200,19 @@ torch::Tensor LoraLinearImpl::with_adapter(const torch::Tensor& x, const torch::
   return out + update;
 }
 
-torch::Tensor LoraLinearImpl::delta_weight() const {
-  return at::matmul(lora_b.to(torch::kFloat), lora_a.to(torch::kFloat)) * scale;  // (out, in)
+// scale * B A in fp32, (out, in).
+torch::Tensor lora_delta(const torch::Tensor& a, const torch::Tensor& b, double scale) {
+  return at::matmul(b.to(torch::kFloat), a.to(torch::kFloat)) * scale;
+}
+
+torch::Tensor LoraLinearImpl::delta_weight() const { return lora_delta(lora_a, lora_b, scale); }
+
+torch::Tensor merged_lora_weight(const torch::Tensor& w, const torch::Tensor& a,
+                                 const torch::Tensor& b, double scale) {
+  TORCH_CHECK(w.dim() == 2 && a.dim() == 2 && b.dim() == 2 && b.size(0) == w.size(0) &&
+                  a.size(1) == w.size(1) && a.size(0) == b.size(1),
+              "merged_lora_weight: W ", w.sizes(), ", A ", a.sizes(), ", B ", b.sizes());
+  return w.to(torch::kFloat) + lora_delta(a, b, scale).to(w.device());  // (out, in)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -252,7 +263,7 @@ void merge_lora(TransformerImpl& model) {
       const auto lora = std::dynamic_pointer_cast<LoraLinearImpl>(*slot.member);
       if (!lora) continue;
       torch::Tensor w = lora->weight;
-      w.copy_(w.to(torch::kFloat) + lora->delta_weight().to(w.device()));
+      w.copy_(merged_lora_weight(w, lora->lora_a, lora->lora_b, lora->scale));
       *slot.member = slot.owner->replace_module(name, std::make_shared<SharedWeightLinearImpl>(w));
     }
   }
@@ -281,7 +292,7 @@ void save_adapter(const fs::path& dir, TransformerImpl& model, const LoraOptions
                                     {"dim", model.args().dim}});
 }
 
-LoraOptions load_adapter(const fs::path& dir, TransformerImpl& model) {
+LoraAdapter read_adapter(const fs::path& dir, const ModelArgs& args) {
   const fs::path config_path = dir / kAdapterConfig;
   json config;
   try {
@@ -298,15 +309,15 @@ LoraOptions load_adapter(const fs::path& dir, TransformerImpl& model) {
                      std::to_string(kAdapterFormatVersion) +
                      " (a PEFT adapter_config.json is not read by llt)");
   }
-  LoraOptions options;
+  LoraAdapter adapter;
+  LoraOptions& options = adapter.options;
   options.rank = config_field<int64_t>(config, "rank", config_path);
   options.alpha = config_field<double>(config, "alpha", config_path);
   options.dropout = config_field<double>(config, "dropout", config_path);
   options.targets = config_field<std::vector<std::string>>(config, "targets", config_path);
   validate_lora_options(options, config_path.string());
   for (const auto& [key, actual] :
-       {std::pair<std::string, int64_t>{"n_layers", model.args().n_layers},
-        {"dim", model.args().dim}}) {
+       {std::pair<std::string, int64_t>{"n_layers", args.n_layers}, {"dim", args.dim}}) {
     const auto expected = config_field<int64_t>(config, key, config_path);
     if (expected != actual) {
       throw InputError(config_path.string() + ": field '" + key + "' is " +
@@ -314,39 +325,69 @@ LoraOptions load_adapter(const fs::path& dir, TransformerImpl& model) {
     }
   }
 
-  if (!has_lora(model)) {
-    apply_lora(model, options);
-  } else {
-    const LoraOptions on = options_on_model(model);
-    if (on.rank != options.rank || on.alpha != options.alpha || on.targets != options.targets) {
-      throw InputError(config_path.string() + ": adapter has rank " + std::to_string(options.rank) +
-                       ", targets " + join(options.targets) + "; the model's LoRA has rank " +
-                       std::to_string(on.rank) + ", targets " + join(on.targets));
-    }
-  }
-
   SafetensorsFile file(dir / kAdapterWeights);
-  const auto params = lora_parameters(model);
   std::set<std::string> expected;
-  torch::NoGradGuard no_grad;
-  for (const auto& [name, p] : params) {
-    expected.insert(name);
-    const TensorInfo* info = file.find(name);
-    if (info == nullptr) {
-      throw InputError(file.path().string() + ": missing tensor '" + name + "'");
+  // Module order, as lora_parameters() lists them: block by block, the targets in block order.
+  for (int64_t i = 0; i < args.n_layers; ++i) {
+    for (const auto& target : lora_target_names()) {
+      if (std::find(options.targets.begin(), options.targets.end(), target) ==
+          options.targets.end()) {
+        continue;
+      }
+      const std::string path = "layers." + std::to_string(i) + "." + block_module_path(target);
+      const auto [out, in] = block_linear_shape(args, target);
+      auto take = [&](const std::string& name, const std::vector<int64_t>& shape) {
+        expected.insert(name);
+        const TensorInfo* info = file.find(name);
+        if (info == nullptr) {
+          throw InputError(file.path().string() + ": missing tensor '" + name + "'");
+        }
+        if (info->shape != shape) {
+          throw InputError(file.path().string() + ": tensor '" + name + "' has shape " +
+                           shape_string(info->shape) + ", the model expects " +
+                           shape_string(shape));
+        }
+        return file.read(name).to(torch::kFloat);
+      };
+      torch::Tensor a = take(path + ".lora_a", {options.rank, in});
+      torch::Tensor b = take(path + ".lora_b", {out, options.rank});
+      std::pair<torch::Tensor, torch::Tensor> ab{a, b};
+      adapter.modules.emplace_back(path, std::move(ab));
     }
-    if (info->shape != p.sizes().vec()) {
-      throw InputError(file.path().string() + ": tensor '" + name + "' has shape " +
-                       shape_string(info->shape) + ", the model expects " +
-                       shape_string(p.sizes()));
-    }
-    p.copy_(file.read(name));
   }
   for (const auto& info : file.tensors()) {
     if (!expected.count(info.name)) {
       throw InputError(file.path().string() + ": unexpected tensor '" + info.name +
                        "' (not a LoRA parameter of this model)");
     }
+  }
+  return adapter;
+}
+
+LoraOptions load_adapter(const fs::path& dir, TransformerImpl& model) {
+  const LoraAdapter adapter = read_adapter(dir, model.args());
+  const LoraOptions& options = adapter.options;
+  if (!has_lora(model)) {
+    apply_lora(model, options);
+  } else {
+    const LoraOptions on = options_on_model(model);
+    if (on.rank != options.rank || on.alpha != options.alpha || on.targets != options.targets) {
+      throw InputError((dir / kAdapterConfig).string() + ": adapter has rank " +
+                       std::to_string(options.rank) + ", targets " + join(options.targets) +
+                       "; the model's LoRA has rank " + std::to_string(on.rank) + ", targets " +
+                       join(on.targets));
+    }
+  }
+  std::map<std::string, const std::pair<torch::Tensor, torch::Tensor>*> by_path;
+  for (const auto& [path, ab] : adapter.modules) by_path[path] = &ab;
+  torch::NoGradGuard no_grad;
+  for (const auto& [path, lora] : lora_modules(model)) {
+    const auto it = by_path.find(path);
+    if (it == by_path.end()) {
+      throw RuntimeError("internal: LoRA module '" + path + "' is not in the adapter");
+    }
+    lora->lora_a.copy_(it->second->first);
+    lora->lora_b.copy_(it->second->second);
   }
   return options;
 }

@@ -74,8 +74,13 @@ std::vector<std::pair<std::string, torch::Tensor>> lora_parameters(TransformerIm
 // the shapes alone (8,388,608 for the 7B model with r = 16 on wq, wv). Throws as validate.
 int64_t count_lora_parameters(const ModelArgs& args, const LoraOptions& options);
 
-// Folds every adapter into its base weight (W += scale * B A, computed in fp32, stored in W's
-// dtype) and puts plain LinearImpl modules back, sharing the updated W. No-op without LoRA.
+// The merged weight W + scale * B A in fp32 (out, in) on W's device, for W (out, in) of any
+// dtype, A (r, in), B (out, r): what merging stores, cast to W's dtype (merge_lora, llt-export).
+torch::Tensor merged_lora_weight(const torch::Tensor& w, const torch::Tensor& a,
+                                 const torch::Tensor& b, double scale);
+
+// Folds every adapter into its base weight (merged_lora_weight, stored in W's dtype) and puts
+// plain LinearImpl modules back, sharing the updated W. No-op without LoRA.
 void merge_lora(TransformerImpl& model);
 
 // Writes DIR/adapter.safetensors (fp32 lora_a/lora_b under llt names) and
@@ -83,6 +88,18 @@ void merge_lora(TransformerImpl& model);
 // and replacing earlier files of the same run. Throws RuntimeError on I/O errors or without LoRA.
 void save_adapter(const std::filesystem::path& dir, TransformerImpl& model,
                   const LoraOptions& options);
+
+// An adapter read from its folder, without a model: its options and, per adapted module
+// ("layers.3.attention.wq"), A (r, in) and B (out, r) in fp32, in module order.
+struct LoraAdapter {
+  LoraOptions options;
+  std::vector<std::pair<std::string, std::pair<torch::Tensor, torch::Tensor>>> modules;
+};
+
+// Reads an adapter written by save_adapter for a model with `args` (the adapter's n_layers and
+// dim must be the model's). Throws InputError naming the file and the field or key on another
+// format, a mismatch, a missing, mis-shaped or extra tensor.
+LoraAdapter read_adapter(const std::filesystem::path& dir, const ModelArgs& args);
 
 // Reads an adapter written by save_adapter into `model`: applies LoRA with the file's options
 // if the model has none (else they must match), then copies every tensor. Returns the options.

@@ -403,13 +403,19 @@ void TransformerImpl::init_random(uint64_t seed) {
     if (on_device && !device_gen) device_gen = seeded_generator(p.device(), seed);
     const bool direct = p.scalar_type() == torch::kFloat;
     auto values = direct ? p : at::empty(p.sizes(), p.options().dtype(torch::kFloat));
-    values.normal_(0.0, 1.0, on_device ? *device_gen : gen);
-    if (p.dim() == 1) {
-      values.mul_(0.1).add_(1.0);
-    } else {
-      values.mul_(0.02);
-    }
+    draw_random_weight(values, on_device ? *device_gen : gen);
     if (!direct) p.copy_(values);
+  }
+}
+
+void draw_random_weight(torch::Tensor& values, at::Generator& generator) {
+  TORCH_CHECK(values.scalar_type() == torch::kFloat, "draw_random_weight: fp32 values, got ",
+              values.scalar_type());
+  values.normal_(0.0, 1.0, generator);
+  if (values.dim() == 1) {
+    values.mul_(0.1).add_(1.0);
+  } else {
+    values.mul_(0.02);
   }
 }
 

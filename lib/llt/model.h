@@ -174,6 +174,10 @@ class TransformerBlockImpl : public torch::nn::Module {
 };
 TORCH_MODULE(TransformerBlock);
 
+// One parameter's random values as init_random() draws them, in place into the fp32 `values`
+// (the parameter's shape): normal(0, 0.02), or 1 + normal(0, 0.1) for a 1-d (norm) weight.
+void draw_random_weight(torch::Tensor& values, at::Generator& generator);
+
 class TransformerImpl : public torch::nn::Module {
  public:
   // Parameters are allocated uninitialised with `options` (device, dtype); fill them with a
@@ -191,7 +195,8 @@ class TransformerImpl : public torch::nn::Module {
   torch::Tensor logits(const torch::Tensor& hidden);
 
   // Deterministic random weights for tests and benchmarks: normal(0, 0.02) for matrices,
-  // 1 + normal(0, 0.1) for norm weights, from a generator seeded with `seed`.
+  // 1 + normal(0, 0.1) for norm weights, from a generator seeded with `seed`, drawn in parameter
+  // order with draw_random_weight.
   void init_random(uint64_t seed);
 
   const ModelArgs& args() const { return args_; }

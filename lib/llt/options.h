@@ -57,6 +57,14 @@ inline const NameTable<ScoredTokens>& names(ScoredTokens) {
   return table;
 }
 
+// What llt-export writes: a Hugging Face transformers folder, or Meta's consolidated layout.
+enum class ExportFormat { kHuggingFace, kMeta };
+inline const NameTable<ExportFormat>& names(ExportFormat) {
+  static const NameTable<ExportFormat> table{{"hf", ExportFormat::kHuggingFace},
+                                             {"meta", ExportFormat::kMeta}};
+  return table;
+}
+
 // How the next token is chosen.
 struct SamplingOptions {
   double temperature = 0.0;      // 0 = greedy (argmax); > 0 scales logits before softmax

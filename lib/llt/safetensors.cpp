@@ -4,6 +4,7 @@
 #include <fstream>
 #include <limits>
 #include <set>
+#include <system_error>
 
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
@@ -166,55 +167,97 @@ at::Tensor SafetensorsFile::read(const std::string& name) {
   return out;
 }
 
-void write_safetensors(const std::filesystem::path& path, const NamedTensors& tensors,
-                       const std::map<std::string, std::string>& metadata) {
+SafetensorsWriter::SafetensorsWriter(const std::filesystem::path& path,
+                                     const std::vector<TensorInfo>& tensors,
+                                     const std::map<std::string, std::string>& metadata)
+    : path_(path), tmp_(path.string() + ".tmp"), tensors_(tensors) {
   json header = json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   uint64_t offset = 0;
-  for (const auto& [name, tensor] : tensors) {
-    const char* dtype = dtype_to_name(tensor.scalar_type());
+  for (const auto& info : tensors_) {
+    const char* dtype = dtype_to_name(info.dtype);
     if (dtype == nullptr) {
-      throw InputError(path.string() + ": cannot write tensor '" + name + "' of dtype " +
-                       std::string(c10::toString(tensor.scalar_type())) + " to safetensors");
+      throw InputError(path.string() + ": cannot write tensor '" + info.name + "' of dtype " +
+                       std::string(c10::toString(info.dtype)) + " to safetensors");
     }
-    if (name == "__metadata__" || header.contains(name)) {
-      throw InputError(path.string() + ": duplicate or reserved tensor name '" + name + "'");
+    if (info.name == "__metadata__" || header.contains(info.name)) {
+      throw InputError(path.string() + ": duplicate or reserved tensor name '" + info.name + "'");
     }
-    const uint64_t bytes = tensor.numel() * tensor.element_size();
-    header[name] = {{"dtype", dtype},
-                    {"shape", tensor.sizes().vec()},
-                    {"data_offsets", {offset, offset + bytes}}};
+    const uint64_t bytes = byte_size(info.shape, info.dtype, path.string() + ": " + info.name);
+    header[info.name] = {
+        {"dtype", dtype}, {"shape", info.shape}, {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
   }
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');  // data starts 8-byte aligned, as the Rust writer
+  file_bytes_ = 8 + text.size() + offset;
 
-  const std::filesystem::path tmp = path.string() + ".tmp";
-  auto fail = [&](const std::string& what) {
-    std::error_code ignored;
-    std::filesystem::remove(tmp, ignored);
-    throw RuntimeError(tmp.string() + ": " + what);
-  };
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) fail("cannot open for writing");
-    unsigned char length_bytes[8];
-    for (int i = 0; i < 8; ++i)
-      length_bytes[i] = static_cast<unsigned char>(text.size() >> (8 * i));
-    out.write(reinterpret_cast<const char*>(length_bytes), 8);
-    out.write(text.data(), static_cast<std::streamsize>(text.size()));
-    for (const auto& [name, tensor] : tensors) {
-      const at::Tensor cpu = tensor.detach().to(at::kCPU).contiguous();
-      out.write(static_cast<const char*>(cpu.data_ptr()),
-                static_cast<std::streamsize>(cpu.numel() * cpu.element_size()));
-      if (!out) fail("write of tensor '" + name + "' failed (disk full?)");
-    }
-    out.flush();
-    if (!out) fail("write failed (disk full?)");
+  out_ = std::make_unique<std::ofstream>(tmp_, std::ios::binary | std::ios::trunc);
+  if (!*out_) fail("cannot open for writing");
+  unsigned char length_bytes[8];
+  for (int i = 0; i < 8; ++i) length_bytes[i] = static_cast<unsigned char>(text.size() >> (8 * i));
+  out_->write(reinterpret_cast<const char*>(length_bytes), 8);
+  out_->write(text.data(), static_cast<std::streamsize>(text.size()));
+  if (!*out_) fail("write of the header failed (disk full?)");
+}
+
+SafetensorsWriter::~SafetensorsWriter() {
+  if (!out_) return;  // finished, or failed (fail() removed the temp file)
+  out_.reset();
+  std::error_code ignored;
+  std::filesystem::remove(tmp_, ignored);
+}
+
+void SafetensorsWriter::fail(const std::string& what) {
+  out_.reset();
+  std::error_code ignored;
+  std::filesystem::remove(tmp_, ignored);
+  throw RuntimeError(tmp_.string() + ": " + what);
+}
+
+void SafetensorsWriter::write(const std::string& name, const at::Tensor& tensor) {
+  if (!out_) throw RuntimeError(tmp_.string() + ": write after finish() or a failure");
+  if (next_ == tensors_.size() || tensors_[next_].name != name ||
+      tensors_[next_].dtype != tensor.scalar_type() || tensors_[next_].shape != tensor.sizes().vec()) {
+    fail("internal: tensor '" + name + "' (" + std::string(c10::toString(tensor.scalar_type())) +
+         " " + shape_string(tensor.sizes()) + ") is not the next one the header declares" +
+         (next_ < tensors_.size() ? " ('" + tensors_[next_].name + "')" : std::string()));
   }
+  const at::Tensor cpu = tensor.detach().to(at::kCPU).contiguous();
+  out_->write(static_cast<const char*>(cpu.data_ptr()),
+              static_cast<std::streamsize>(cpu.numel() * cpu.element_size()));
+  if (!*out_) fail("write of tensor '" + name + "' failed (disk full?)");
+  ++next_;
+}
+
+void SafetensorsWriter::finish() {
+  if (!out_) throw RuntimeError(tmp_.string() + ": finish() after finish() or a failure");
+  if (next_ != tensors_.size()) {
+    fail("internal: finished with tensor '" + tensors_[next_].name + "' and " +
+         std::to_string(tensors_.size() - next_ - 1) + " more unwritten");
+  }
+  out_->flush();
+  if (!*out_) fail("write failed (disk full?)");
+  out_->close();
+  if (!*out_) fail("close failed (disk full?)");
+  out_.reset();
   std::error_code error;
-  std::filesystem::rename(tmp, path, error);
-  if (error) fail("cannot rename onto " + path.string() + ": " + error.message());
+  std::filesystem::rename(tmp_, path_, error);
+  if (error) {
+    std::filesystem::remove(tmp_, error);
+    throw RuntimeError(tmp_.string() + ": cannot rename onto " + path_.string());
+  }
+}
+
+void write_safetensors(const std::filesystem::path& path, const NamedTensors& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  std::vector<TensorInfo> infos;
+  for (const auto& [name, tensor] : tensors) {
+    infos.push_back({name, tensor.scalar_type(), tensor.sizes().vec()});
+  }
+  SafetensorsWriter writer(path, infos, metadata);
+  for (const auto& [name, tensor] : tensors) writer.write(name, tensor);
+  writer.finish();
 }
 
 }  // namespace llt

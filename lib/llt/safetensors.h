@@ -6,7 +6,9 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <iosfwd>
 #include <map>
+#include <memory>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -45,9 +47,41 @@ class SafetensorsFile final : public TensorFile {
 
 using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
 
-// Writes `tensors` (any device; copied to the CPU one at a time) in order to `path` + ".tmp" and
-// renames it onto `path`. Throws InputError on a duplicate name or an unsupported dtype,
-// RuntimeError on an I/O error (the temp file is removed).
+// Writes a safetensors file one tensor at a time, so a caller holds only the tensor in hand:
+// the header (each tensor's name, dtype and shape, in file order) is written first, then each
+// tensor's bytes as it comes, into `path` + ".tmp", renamed onto `path` by finish(). Destroyed
+// unfinished (an exception on the way), it removes the temp file.
+class SafetensorsWriter {
+ public:
+  // Opens the temp file and writes the header. Throws InputError on a duplicate or reserved
+  // name or a dtype safetensors lacks, RuntimeError if the file cannot be written.
+  SafetensorsWriter(const std::filesystem::path& path, const std::vector<TensorInfo>& tensors,
+                    const std::map<std::string, std::string>& metadata = {});
+  ~SafetensorsWriter();
+  SafetensorsWriter(const SafetensorsWriter&) = delete;
+  SafetensorsWriter& operator=(const SafetensorsWriter&) = delete;
+
+  // Appends the next tensor's bytes (any device; copied to the CPU). Throws RuntimeError if it
+  // is not the next declared tensor (name, dtype, shape) or on an I/O error.
+  void write(const std::string& name, const at::Tensor& tensor);
+  // Flushes and renames onto `path`. Throws RuntimeError if a declared tensor was not written
+  // or on an I/O error.
+  void finish();
+
+  // The file's size in bytes: 8 + the padded header + the tensors' bytes.
+  uint64_t file_bytes() const { return file_bytes_; }
+
+ private:
+  [[noreturn]] void fail(const std::string& what);
+
+  std::filesystem::path path_, tmp_;
+  std::vector<TensorInfo> tensors_;
+  size_t next_ = 0;
+  uint64_t file_bytes_ = 0;
+  std::unique_ptr<std::ofstream> out_;
+};
+
+// Writes `tensors` in order to `path` with a SafetensorsWriter. Throws as it does.
 void write_safetensors(const std::filesystem::path& path, const NamedTensors& tensors,
                        const std::map<std::string, std::string>& metadata = {});
 

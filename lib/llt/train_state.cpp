@@ -43,24 +43,34 @@ bool is_state_name(const std::string& name) {
                      [](char c) { return std::isdigit(static_cast<unsigned char>(c)) != 0; });
 }
 
-// Each tensor file against the sha256 state.json records (none recorded: an older state).
-void verify_files(const fs::path& dir, const nlohmann::json& j, const std::string& where) {
+// Tensor file `name` against the sha256 in state.json's "files" (`j`; none recorded: an older
+// state, read unchecked).
+void verify_file(const fs::path& dir, const nlohmann::json& j, const std::string& where,
+                 const std::string& name) {
   if (!j.contains("files")) return;
   const auto& files = j.at("files");
   if (!files.is_object()) throw InputError(where + ": field 'files' is not an object");
-  for (const char* name : kTensorFiles) {
-    if (!files.contains(name) || !files.at(name).is_string()) {
-      throw InputError(where + ": field 'files' has no sha256 for " + name);
-    }
-    const fs::path path = dir / name;
-    if (!fs::exists(path)) throw InputError(path.string() + ": missing (listed in " + where + ")");
-    const std::string actual = sha256_file(path);
-    if (actual != files.at(name).get<std::string>()) {
-      throw InputError(path.string() + ": sha256 " + actual + " is not the " +
-                       files.at(name).get<std::string>() + " recorded in " + where +
-                       " (the file changed or is corrupt after it was written)");
-    }
+  if (!files.contains(name) || !files.at(name).is_string()) {
+    throw InputError(where + ": field 'files' has no sha256 for " + name);
   }
+  const fs::path path = dir / name;
+  if (!fs::exists(path)) throw InputError(path.string() + ": missing (listed in " + where + ")");
+  const std::string actual = sha256_file(path);
+  if (actual != files.at(name).get<std::string>()) {
+    throw InputError(path.string() + ": sha256 " + actual + " is not the " +
+                     files.at(name).get<std::string>() + " recorded in " + where +
+                     " (the file changed or is corrupt after it was written)");
+  }
+}
+
+// state.json of a step-N folder, checked to be an llt training state.
+nlohmann::json read_state_json(const fs::path& dir) {
+  const fs::path state_file = dir / "state.json";
+  const auto j = nlohmann::json::parse(read_file(state_file), nullptr, false);
+  if (!j.is_object() || j.value("format", "") != "llt-train-state-v1") {
+    throw InputError(state_file.string() + ": not an llt training state (format)");
+  }
+  return j;
 }
 
 }  // namespace
@@ -128,13 +138,16 @@ void save_train_state(const fs::path& checkpoints, const TrainState& state,
   }
 }
 
+fs::path trained_weights_file(const fs::path& dir) {
+  const auto j = read_state_json(dir);
+  verify_file(dir, j, (dir / "state.json").string(), kTensorFiles[0]);
+  return dir / kTensorFiles[0];
+}
+
 TrainState load_train_state(const fs::path& dir, const NamedParameters& trainable,
                             AdamW& optimizer, const DistributedConfig& dist) {
   const fs::path state_file = dir / "state.json";
-  const auto j = nlohmann::json::parse(read_file(state_file), nullptr, false);
-  if (!j.is_object() || j.value("format", "") != "llt-train-state-v1") {
-    throw InputError(state_file.string() + ": not an llt training state (format)");
-  }
+  const auto j = read_state_json(dir);
   const int saved_world = j.value("world_size", 1);
   if (saved_world != dist.world_size) {
     throw InputError(state_file.string() + ": world_size " + std::to_string(saved_world) +
@@ -142,7 +155,7 @@ TrainState load_train_state(const fs::path& dir, const NamedParameters& trainabl
                      " processes; resume with the same number (the data position counts "
                      "per-rank batches)");
   }
-  verify_files(dir, j, state_file.string());
+  for (const char* name : kTensorFiles) verify_file(dir, j, state_file.string(), name);
   SafetensorsFile reader(dir / "trainable.safetensors");
   at::NoGradGuard no_grad;
   for (const auto& [name, p] : trainable) {

@@ -49,6 +49,12 @@ void save_train_state(const std::filesystem::path& checkpoints, const TrainState
                       const NamedParameters& trainable, const AdamW& optimizer, int world_size,
                       const std::vector<std::string>& rank_rng_states);
 
+// The trained tensors of a step-N folder, DIR/trainable.safetensors (the parameters that
+// trained, under their Meta or LoRA names), checked against the sha256 state.json records.
+// Throws InputError naming the file when state.json is not an llt training state or the file is
+// missing or differs.
+std::filesystem::path trained_weights_file(const std::filesystem::path& dir);
+
 // Reads a step-N folder into `trainable` (copied in place), `optimizer` and this rank's CPU
 // generator, and returns the state. Every rank of a data-parallel run reads the folder rank 0
 // wrote. Throws InputError naming the file on another format, another world size, a tensor file

@@ -5,14 +5,17 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <optional>
 #include <regex>
 #include <set>
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <nlohmann/json.hpp>
 
 #include "llt/errors.h"
 #include "llt/io.h"
+#include "llt/runtime.h"
 #include "llt/tensor_file.h"
 #include "llt/weight_names.h"
 
@@ -86,6 +89,7 @@ struct Source {
   std::string file;  // for messages
   std::string key;   // the tensor's name in that file
   std::vector<int64_t> shape;
+  c10::ScalarType dtype;  // as stored
   std::function<void(at::Tensor& dst)> copy_into;
 };
 
@@ -224,7 +228,7 @@ Source meta_source(const Shards& shards, const TensorInfo& info) {
     file += " (+" + std::to_string(shards.size() - 1) + " more shard" +
             (shards.size() > 2 ? "s)" : ")");
   }
-  Source source{file, info.name, shape, nullptr};
+  Source source{file, info.name, shape, info.dtype, nullptr};
   source.copy_into = [shards, dim, name = info.name](at::Tensor& dst) {
     int64_t offset = 0;
     for (const auto& shard : shards) {
@@ -366,7 +370,8 @@ OpenWeights open_hf(const fs::path& dir) {
       if (layer->second == "attention.wq.weight") permuted_heads = n_heads;
       if (layer->second == "attention.wk.weight") permuted_heads = n_kv_heads;
     }
-    Source source{file->path().string(), name, file->find(name)->shape, nullptr};
+    const TensorInfo& info = *file->find(name);
+    Source source{file->path().string(), name, info.shape, info.dtype, nullptr};
     source.copy_into = [file = file, name = name, permuted_heads](at::Tensor& dst) {
       const at::Tensor t = file->read(name);
       dst.copy_(permuted_heads > 0 ? unpermute_hf_rows(t, permuted_heads) : t);
@@ -446,7 +451,7 @@ OpenWeights open_llama2c(const fs::path& path) {
     const uint64_t begin = offset;
     offset += static_cast<uint64_t>(numel) * sizeof(float);
     if (name.empty()) return;  // skipped (freq_cis tables)
-    Source source{path.string(), name, shape, nullptr};
+    Source source{path.string(), name, shape, at::kFloat, nullptr};
     source.copy_into = [file, begin, shape, name](at::Tensor& dst) {
       at::Tensor t = at::empty(shape, at::TensorOptions().dtype(at::kFloat));
       file->read(begin, t.data_ptr(), t.numel() * sizeof(float), "tensor '" + name + "'");
@@ -578,37 +583,111 @@ ModelArgs read_model_args(const fs::path& path) {
   return args;
 }
 
+struct WeightsReader::Impl {
+  WeightsFormat format;
+  ModelArgs kept;
+  OpenWeights stored;  // not for presets
+  // Presets: the generator init_random() draws from (CPU, seed 0) and the next parameter due.
+  std::optional<at::Generator> generator;
+  std::vector<std::pair<std::string, std::vector<int64_t>>> order;
+  size_t next = 0;
+};
+
+WeightsReader::WeightsReader(const fs::path& path, int64_t n_layers)
+    : impl_(std::make_unique<Impl>()) {
+  Impl& r = *impl_;
+  r.format = detect_format(path);
+  if (r.format == WeightsFormat::kPreset) {
+    r.kept = preset_args(preset_model_name(path));
+    if (n_layers > 0) r.kept.n_layers = n_layers;  // as load_model: any depth of that shape
+    r.generator = at::make_generator<at::CPUGeneratorImpl>(/*seed=*/0);
+    r.order = parameter_shapes(r.kept);
+    return;
+  }
+  r.stored = open_weights(path, r.format);
+  r.stored.args.validate(r.stored.source);
+  r.kept = r.stored.args;
+  if (n_layers < 0 || n_layers > r.stored.args.n_layers) {
+    throw InputError(r.stored.source + ": --n-layers " + std::to_string(n_layers) +
+                     " is outside [1, " + std::to_string(r.stored.args.n_layers) +
+                     "] (the checkpoint's n_layers)");
+  }
+  if (n_layers > 0) r.kept.n_layers = n_layers;
+  check_tensors(r.stored, r.kept);
+}
+
+WeightsReader::~WeightsReader() = default;
+WeightsReader::WeightsReader(WeightsReader&&) noexcept = default;
+WeightsReader& WeightsReader::operator=(WeightsReader&&) noexcept = default;
+
+const ModelArgs& WeightsReader::args() const { return impl_->kept; }
+WeightsFormat WeightsReader::format() const { return impl_->format; }
+
+c10::ScalarType WeightsReader::stored_dtype() const {
+  const Impl& r = *impl_;
+  if (r.format == WeightsFormat::kPreset) return at::kFloat;
+  const Source* first = nullptr;
+  for (const auto& [name, shape] : parameter_shapes(r.kept)) {
+    const Source& source = r.stored.tensors.at(name);
+    if (first == nullptr) first = &source;
+    if (source.dtype != first->dtype) {
+      throw InputError(r.stored.source + ": tensors are stored in different dtypes ('" +
+                       first->key + "' " + dtype_name(first->dtype) + ", '" + source.key + "' " +
+                       dtype_name(source.dtype) + "); pass --dtype");
+    }
+  }
+  return first->dtype;
+}
+
+at::Tensor WeightsReader::read(const std::string& name) {
+  Impl& r = *impl_;
+  if (r.format == WeightsFormat::kPreset) {
+    if (r.next >= r.order.size() || r.order[r.next].first != name) {
+      throw RuntimeError("internal: preset weights are drawn in parameter order; asked for '" +
+                         name + "', next is '" +
+                         (r.next < r.order.size() ? r.order[r.next].first : "none") + "'");
+    }
+    at::Tensor values = at::empty(r.order[r.next].second, at::kFloat);
+    draw_random_weight(values, *r.generator);
+    ++r.next;
+    return values;
+  }
+  const auto it = r.stored.tensors.find(name);
+  if (it == r.stored.tensors.end()) {
+    throw RuntimeError("internal: no tensor for parameter '" + name + "' in " + r.stored.source);
+  }
+  at::Tensor t = at::empty(it->second.shape, at::TensorOptions().dtype(it->second.dtype));
+  it->second.copy_into(t);
+  return t;
+}
+
+void WeightsReader::copy_into(const std::string& name, at::Tensor& dst) {
+  Impl& r = *impl_;
+  if (r.format == WeightsFormat::kPreset) {
+    dst.copy_(read(name));
+    return;
+  }
+  const auto it = r.stored.tensors.find(name);
+  if (it == r.stored.tensors.end()) {
+    throw RuntimeError("internal: model parameter '" + name + "' is not in parameter_shapes()");
+  }
+  it->second.copy_into(dst);
+}
+
 LoadedModel load_model(const fs::path& path, const LoadOptions& options) {
   const WeightsFormat format = detect_format(path);
-  if (format == WeightsFormat::kPreset) {
+  if (format == WeightsFormat::kPreset) {  // drawn in place, on the device (init_random)
     ModelArgs args = preset_args(preset_model_name(path));
     if (options.n_layers > 0) args.n_layers = options.n_layers;
     Transformer model(args, torch::TensorOptions().device(options.device).dtype(options.dtype));
     model->init_random(/*seed=*/0);
     return {args, model, format, path};
   }
-  OpenWeights stored = open_weights(path, format);
-  stored.args.validate(stored.source);
-  ModelArgs kept = stored.args;
-  if (options.n_layers < 0 || options.n_layers > stored.args.n_layers) {
-    throw InputError(stored.source + ": --n-layers " + std::to_string(options.n_layers) +
-                     " is outside [1, " + std::to_string(stored.args.n_layers) +
-                     "] (the checkpoint's n_layers)");
-  }
-  if (options.n_layers > 0) kept.n_layers = options.n_layers;
-  check_tensors(stored, kept);
-
-  Transformer model(kept, at::TensorOptions().device(options.device).dtype(options.dtype));
+  WeightsReader reader(path, options.n_layers);
+  Transformer model(reader.args(), at::TensorOptions().device(options.device).dtype(options.dtype));
   at::NoGradGuard no_grad;
-  for (auto& item : model->named_parameters()) {
-    const auto it = stored.tensors.find(item.key());
-    if (it == stored.tensors.end()) {
-      throw RuntimeError("internal: model parameter '" + item.key() +
-                         "' is not in parameter_shapes()");
-    }
-    it->second.copy_into(item.value());
-  }
-  return LoadedModel{kept, model, format, path};
+  for (auto& item : model->named_parameters()) reader.copy_into(item.key(), item.value());
+  return LoadedModel{reader.args(), model, format, path};
 }
 
 }  // namespace llt

@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <string>
 
 #include <c10/core/Device.h>
@@ -50,6 +51,37 @@ WeightsFormat detect_format(const std::filesystem::path& path);
 // "vocab_size": -1, the shape of tok_embeddings from the index). Throws InputError naming the
 // file and field.
 ModelArgs read_model_args(const std::filesystem::path& path);
+
+// A checkpoint opened to be read one tensor at a time, by Meta parameter name (what load_model
+// fills a model from, and what llt-export streams): nothing is read until a tensor is asked for.
+class WeightsReader {
+ public:
+  // Opens the weights at `path` (any format, or "preset:NAME"), keeping the first `n_layers`
+  // blocks (0: all), and checks every expected tensor is there with its shape. Throws InputError
+  // as load_model.
+  WeightsReader(const std::filesystem::path& path, int64_t n_layers);
+  ~WeightsReader();
+  WeightsReader(WeightsReader&&) noexcept;
+  WeightsReader& operator=(WeightsReader&&) noexcept;
+
+  const ModelArgs& args() const;  // of the kept model (n_layers as kept)
+  WeightsFormat format() const;
+  // The dtype the kept tensors are stored in: fp32 for llama2.c and presets (drawn in fp32).
+  // Throws InputError naming two tensors when they are stored in different dtypes.
+  c10::ScalarType stored_dtype() const;
+  // Parameter `name` (of parameter_shapes(args())) as a CPU tensor of its stored dtype, in
+  // Meta's layout (HF's q/k rows un-permuted, Meta's model-parallel shards joined). A preset's
+  // tensors are drawn as load_model draws them, so they must be read in parameter order.
+  // Throws InputError on unreadable files, RuntimeError on an unknown name or a preset read out
+  // of order.
+  at::Tensor read(const std::string& name);
+  // read(name) copied into `dst`, converted to its dtype and device. Throws as read.
+  void copy_into(const std::string& name, at::Tensor& dst);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
 
 // Builds the model on options.device/dtype and fills every parameter from the weights at `path`.
 // Throws InputError naming the file and key on a missing, unexpected or mis-shaped tensor (both

@@ -12,6 +12,7 @@
 #include <CLI/CLI.hpp>
 
 #include "llt/errors.h"
+#include "llt/export.h"
 #include "llt/runtime.h"
 
 namespace llt::tools {
@@ -191,17 +192,23 @@ void add_config_option(CLI::App& app) {
   app.allow_config_extras(CLI::config_extras_mode::error);
 }
 
-// `with_tokenizer`: llt-finetune takes none (its shards carry the tokenizer's identity).
-void add_model_options(CLI::App& app, ModelOptions& o, bool with_tokenizer = true) {
-  app.add_option("--model", o.model, "Checkpoint file or directory (Meta, Hugging Face, llama2.c), or preset:NAME "
-                 "(llama2_7b, llama2_13b, tiny) for random weights of that shape")
-      ->required()
+// --model: an existing path, or preset:NAME.
+CLI::Option* add_model_path(CLI::App& app, std::string& model) {
+  return app
+      .add_option("--model", model,
+                  "Checkpoint file or directory (Meta, Hugging Face, llama2.c), or preset:NAME "
+                  "(llama2_7b, llama2_13b, tiny) for random weights of that shape")
       ->check(CLI::Validator(
           [](const std::string& path) -> std::string {
             if (path.rfind("preset:", 0) == 0) return "";  // random weights of a preset shape
             return CLI::ExistingPath(path);
           },
           "PATH|preset:NAME"));
+}
+
+// `with_tokenizer`: llt-finetune takes none (its shards carry the tokenizer's identity).
+void add_model_options(CLI::App& app, ModelOptions& o, bool with_tokenizer = true) {
+  add_model_path(app, o.model)->required();
   if (with_tokenizer) {  // the inference tools: they also take an adapter
     app.add_option("--adapter", o.adapter, "LoRA adapter folder (a run's adapter/) to apply")
         ->check(CLI::ExistingDirectory);
@@ -510,6 +517,60 @@ PerplexityToolOptions parse_perplexity(int argc, char** argv) {
     std::cerr << app.get_name() << ": error: give --data DIR or --text FILE\n";
     throw Exit{1};
   }
+  o.command_line = command_line(argc, argv);
+  return o;
+}
+
+ExportToolOptions parse_export(int argc, char** argv) {
+  ExportToolOptions o;
+  CLI::App app{"Write a model (a base, a base with --adapter merged, or a full fine-tuning "
+               "--run) as a Hugging Face transformers folder or in Meta's layout.",
+               "llt-export"};
+  add_config_option(app);
+  add_model_path(app, o.model);
+  app.add_option("--adapter", o.adapter, "LoRA adapter folder (a run's adapter/) to merge in")
+      ->check(CLI::ExistingDirectory);
+  app.add_option("--run", o.run,
+                 "Full fine-tuning run folder (its latest checkpoints/step-N) or a step-N folder; "
+                 "the base's configuration comes from the run's config.toml or --model")
+      ->check(CLI::ExistingDirectory);
+  app.add_option("--tokenizer", o.tokenizer,
+                 "SentencePiece model (default: tokenizer.model beside the checkpoint)")
+      ->check(CLI::ExistingFile);
+  app.add_option("--n-layers", o.n_layers, "Keep only the first N blocks (0: all)")
+      ->check(number_in(0))
+      ->capture_default_str();
+  add_choice(app, "--format", o.format,
+             "hf: a transformers LlamaForCausalLM folder; meta: params.json + consolidated.00.pth");
+  auto dtypes = names_list<Dtype>();
+  dtypes.insert(dtypes.begin(), "");  // "": as stored
+  app.add_option_function<std::string>(
+         "--dtype",
+         [&o](const std::string& name) {
+           o.dtype = name.empty() ? std::nullopt : value_of<Dtype>(name);
+         },
+         "dtype of the written tensors: fp32 | bf16 | fp16 (default: as the weights are stored)")
+      ->check(CLI::IsMember(dtypes));
+  app.add_option_function<std::string>(
+         "--max-shard-size",
+         [&o](const std::string& size) { o.max_shard_size = *parse_byte_size(size); },
+         "Bytes of tensors per safetensors file, at most: 5GB (transformers' default; GB = 1e9 "
+         "bytes), 500MB, 2GiB, or a number of bytes")
+      ->check(CLI::Validator(
+          [](std::string& size) -> std::string {
+            if (parse_byte_size(size)) return "";
+            return "must be a size of at least 1 byte such as 5GB, 500MB, 2GiB or 1000000 (GB = "
+                   "1e9 bytes as in transformers, GiB = 2^30), got '" + size + "'";
+          },
+          "SIZE"))
+      ->default_str("5GB");
+  app.add_option("--output", o.output, "Folder to write (refused if it exists and is not empty)")
+      ->required();
+  app.add_flag("--overwrite", o.overwrite, "Replace an existing --output folder");
+  app.add_option("--threads", o.threads, "CPU threads (0: SLURM_CPUS_PER_TASK, else all cores)")
+      ->check(number_in(0))
+      ->capture_default_str();
+  parse_or_exit(app, argc, argv);
   o.command_line = command_line(argc, argv);
   return o;
 }

@@ -28,6 +28,9 @@ FinetuneToolOptions parse_finetune(int argc, char** argv);
 // Parses llt-perplexity's command line; fills command_line. Throws Exit.
 PerplexityToolOptions parse_perplexity(int argc, char** argv);
 
+// Parses llt-export's command line; fills command_line. Throws Exit.
+ExportToolOptions parse_export(int argc, char** argv);
+
 // Parses llt-report's command line. Throws Exit.
 ReportToolOptions parse_report(int argc, char** argv);
 

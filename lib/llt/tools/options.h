@@ -80,6 +80,26 @@ struct PerplexityToolOptions {
   std::string command_line;    // as typed
 };
 
+// llt-export (lib/llt/tools/export): a model (a base, a base with --adapter merged, or a full
+// fine-tuning run) as a Hugging Face transformers folder or in Meta's layout.
+struct ExportToolOptions {
+  std::string model;      // --model: the base checkpoint or preset:NAME (with --run: default the
+                          //   run's config.toml model, which gives the configuration)
+  std::string adapter;    // --adapter: a LoRA adapter folder (a run's adapter/), merged in
+  std::string run;        // --run: a full fine-tuning run folder (its latest checkpoints/step-N)
+                          //   or a checkpoints/step-N folder
+  std::string tokenizer;  // --tokenizer: SentencePiece .model; default tokenizer.model beside --model
+  int64_t n_layers = 0;   // --n-layers: keep only the first N blocks (0: all; --run: the run's)
+  ExportFormat format = ExportFormat::kHuggingFace;  // --format: hf | meta
+  std::optional<Dtype> dtype;  // --dtype: of the written tensors; unset: as the weights are stored
+  int64_t max_shard_size = 5'000'000'000;  // --max-shard-size: bytes per safetensors file ("5GB",
+                                           //   transformers' default; GB = 1e9, GiB = 2^30)
+  std::string output;      // --output: the folder written (refused if it exists and is not empty)
+  bool overwrite = false;  // --overwrite: replace an existing --output folder
+  int threads = 0;         // --threads: 0 = SLURM_CPUS_PER_TASK, else all cores
+  std::string command_line;  // as typed
+};
+
 // llt-report (lib/llt/tools/report): run folders -> the seed's Table 1 and Table 2, plots, and a
 // before/after sheet of completions and perplexity.
 struct ReportToolOptions {

@@ -210,6 +210,41 @@ std::string format_mib(int64_t bytes) {
   return s.str();
 }
 
+RunConfig read_run_config(const std::filesystem::path& path) {
+  std::map<std::string, std::string> values;  // key -> the value's text, quotes removed
+  std::istringstream in(read_file(path));
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty() || line[0] == '#') continue;
+    const size_t eq = line.find('=');
+    if (eq == std::string::npos) continue;
+    std::string value = line.substr(eq + 1);
+    if (value.size() >= 2 && value.front() == '"' && value.back() == '"') {
+      value = value.substr(1, value.size() - 2);
+    }
+    values[line.substr(0, eq)] = value;
+  }
+  auto text = [&](const std::string& key) {
+    const auto it = values.find(key);
+    if (it == values.end()) throw InputError(path.string() + ": missing key '" + key + "'");
+    return it->second;
+  };
+  auto integer = [&](const std::string& key) {
+    const std::string value = text(key);
+    size_t used = 0;
+    int64_t n = -1;
+    try {
+      n = std::stoll(value, &used);
+    } catch (const std::exception&) {
+    }
+    if (used == 0 || used != value.size() || n < 0) {
+      throw InputError(path.string() + ": key '" + key + "' must be a non-negative integer, got '" +
+                       value + "'");
+    }
+    return n;
+  };
+  return RunConfig{text("model"), integer("n-layers"), integer("lora-rank")};
+}
+
 std::string format_duration(double seconds) {
   const auto s = static_cast<int64_t>(seconds);
   std::ostringstream out;

@@ -81,6 +81,17 @@ nlohmann::json to_json(const RunSummary& s);
 // one is missing or of another type, or the status is not one of the five.
 RunSummary run_summary_from_json(const nlohmann::json& j, const std::string& where);
 
+// What a run's config.toml (the resolved flags, written by llt-finetune) says of its model.
+struct RunConfig {
+  std::string model;      // --model as given (a path relative to where the run was started)
+  int64_t n_layers = 0;   // --n-layers (0: all)
+  int64_t lora_rank = 0;  // --lora-rank (0: full fine-tuning)
+};
+
+// Reads `path` (a run's config.toml: flat key=value lines as llt-finetune writes them). Throws
+// InputError naming the file and the key when it is missing, malformed or of another type.
+RunConfig read_run_config(const std::filesystem::path& path);
+
 // Appends one JSON record per line and flushes, so a killed job keeps what it logged.
 class JsonlWriter {
  public:
