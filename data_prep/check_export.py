@@ -6,9 +6,11 @@ config.json; model.safetensors, or model.safetensors.index.json and its shards, 
 from its header (u64 little-endian length, JSON, then the bytes); HF names mapped back to Meta's
 with the table of make_checkpoint_fixtures.py; q/k rows taken back from transformers'
 rotate-half order to Meta's interleaved pairs. The forward is data_prep/llama_reference.py's
-(complex-number RoPE, its own attention), and its logits are compared with llt's, which the test
-computed by loading the same folder with llt and wrote to LLT_LOGITS (a safetensors file holding
-"tokens" (B, T) int64 and "logits" (B, T, V) fp32).
+(complex-number RoPE, its own attention), and its logits are compared with llt's logits of the
+model that was exported (the base, with the adapter merged in memory), which the test wrote to
+LLT_LOGITS (a safetensors file holding "tokens" (B, T) int64 and "logits" (B, T, V) fp32). So a
+wrong q/k row order, name or merge in the export fails here, though every reader of the folder
+would agree with every other.
 
 A Meta folder (--format meta: params.json + consolidated.00.pth) is read with torch.load
 (weights_only=True) instead, its params.json checked to hold only fields of Meta's ModelArgs.

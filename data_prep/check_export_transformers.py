@@ -3,7 +3,7 @@ scripts/client-venv.sh, never with Debian's torch 1.13).
 
 LlamaForCausalLM.from_pretrained(DIR) in fp32 on the CPU, its logits on the ids of LLT_LOGITS
 (a safetensors file holding "tokens" (B, T) int64 and "logits" (B, T, V) fp32, written by the test
-from llt's forward of the same folder) compared with llt's; then the folder's tokenizer
+from llt's forward of the model that was exported, not of the folder) compared with llt's; then the folder's tokenizer
 (AutoTokenizer: tokenizer.model + tokenizer_config.json) must give llt's ids of TEXT ("text_ids",
 BOS first).
 

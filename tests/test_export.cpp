@@ -124,12 +124,13 @@ std::string export_command(const std::string& args) { return "llt-export --threa
 // The text whose ids the client check compares with llt's tokenizer's.
 const char* const kText = "Once upon a time, Lily saw a big red ball.";
 
-// Writes llt's logits of the exported folder `model` (and the ids), and llt's ids of kText with
-// the folder's tokenizer.model, as check_export*.py read them.
-fs::path write_llt_logits(const std::string& model, const fs::path& path) {
-  llt::LoadedModel m = load(model);
-  const auto ids = llt::Tokenizer::load(fs::path(model) / "tokenizer.model")
-                       .encode(kText, /*bos=*/true, /*eos=*/false);
+// Writes llt's logits of what was exported, stories260K (with `adapter` merged in memory by
+// merge_lora, if given: the model the export must hold), and llt's ids of kText with its
+// tokenizer, as check_export*.py read them.
+fs::path write_llt_logits(const std::string& adapter, const fs::path& path) {
+  llt::LoadedModel m = load(kStoriesBin, adapter);
+  llt::merge_lora(*m.model);
+  const auto ids = llt::Tokenizer::load(kTok512).encode(kText, /*bos=*/true, /*eos=*/false);
   const at::Tensor text_ids = at::tensor(std::vector<int64_t>(ids.begin(), ids.end()));
   llt::write_safetensors(path, {{"tokens", test_tokens()},
                                 {"logits", logits_of(m)},
@@ -219,10 +220,12 @@ TEST(LltExport, MergedAdapterGivesTheLogitsOfTheBaseWithTheAdapter) {
   const at::Tensor exported_logits = logits_of(exported);
   EXPECT_TRUE(at::equal(exported_logits, logits_of(merged)));
   // Against the adapter applied at run time (x W^T + alpha/r (x A^T) B^T): the merge's rounding.
-  // Logits here are up to ~15; measured 1.2e-6 on this machine.
+  // Logits here are up to ~15; measured 1.1e-5 on this machine.
   llt::LoadedModel with_adapter = load(kStoriesBin, adapter.string());
   const at::Tensor adapter_logits = logits_of(with_adapter);
-  EXPECT_LE(max_abs_diff(exported_logits, adapter_logits), 2e-5);
+  const double merge_rounding = max_abs_diff(exported_logits, adapter_logits);
+  std::cout << "merged vs adapter at run time: max |logit difference| " << merge_rounding << "\n";
+  EXPECT_LE(merge_rounding, 1e-4);
   llt::LoadedModel base = load(kStoriesBin);
   EXPECT_GT(max_abs_diff(adapter_logits, logits_of(base)), 1e-2);  // the adapter does something
 
@@ -338,7 +341,7 @@ class LltExportRun : public ::testing::Test {
   void SetUp() override {
     const auto data = run_tool("llt-tokenize --tokenizer " + kTok512 + " --output " +
                                (dir_.path / "data").string() +
-                               " --first 8 --max-len 64 --threads 1");
+                               " --first 8 --max-len 320 --threads 1");
     ASSERT_EQ(data.code, 0) << data.output;
   }
   llt::testing::ToolRun finetune(const fs::path& run, const std::string& extra) {
@@ -481,7 +484,9 @@ TEST(LltExport, AFailedWriteLeavesNothingAndAKilledOneIsCleanedUpNextTime) {
 
 // data_prep/check_export.py: safetensors parsed by hand, q/k rows un-permuted, the reference
 // forward of data_prep/llama_reference.py; fp32 throughout, so the bound is the two forwards'
-// own rounding (measured 2e-6 on logits up to ~15).
+// own rounding (measured 1.2e-5 on logits up to ~15). llt's logits are the exported model's
+// (the base, the adapter merged in memory), not the folder's: every reader of a folder with q/k
+// rows in the wrong order agrees with every other, but not with the model.
 TEST(ExportReference, PythonReferenceGivesLltsLogitsOnTheStoriesExport) {
   TempDir dir;
   const fs::path adapter = make_adapter(dir.path);
@@ -493,7 +498,8 @@ TEST(ExportReference, PythonReferenceGivesLltsLogitsOnTheStoriesExport) {
     const auto r = run_tool(export_command("--model " + kStoriesBin + " --tokenizer " + kTok512 +
                                            extra + " --output " + out.string()));
     ASSERT_EQ(r.code, 0) << r.output;
-    const fs::path logits = write_llt_logits(out.string(), dir.path / (name + "-logits.st"));
+    const fs::path logits =
+        write_llt_logits(name == "plain" ? "" : adapter.string(), dir.path / (name + ".logits"));
     const std::string check = std::string(LLT_PYTHON) + " " + LLT_SOURCE_DIR +
                               "/data_prep/check_export.py " + out.string() + " " +
                               logits.string() + " --atol 1e-4 2>&1";
@@ -504,8 +510,8 @@ TEST(ExportReference, PythonReferenceGivesLltsLogitsOnTheStoriesExport) {
 }
 
 // transformers' LlamaForCausalLM.from_pretrained on the export, in the client venv
-// (scripts/client-venv.sh); fp32, so the bound is the forwards' own rounding (measured below
-// 1e-5 on logits up to ~15).
+// (scripts/client-venv.sh); fp32, so the bound is the forwards' own rounding (measured 1.9e-5 on
+// logits up to ~15); and its tokenizer gives llt's ids.
 TEST(ExportClients, TransformersLoadsTheStoriesExportWithLltsLogits) {
   const fs::path venv = LLT_CLIENT_VENV;
   if (!fs::exists(venv / ".complete")) {
@@ -522,7 +528,8 @@ TEST(ExportClients, TransformersLoadsTheStoriesExportWithLltsLogits) {
     const auto r = run_tool(export_command("--model " + kStoriesBin + " --tokenizer " + kTok512 +
                                            extra + " --output " + out.string()));
     ASSERT_EQ(r.code, 0) << r.output;
-    const fs::path logits = write_llt_logits(out.string(), dir.path / (name + "-logits.st"));
+    const fs::path logits =
+        write_llt_logits(name == "plain" ? "" : adapter.string(), dir.path / (name + ".logits"));
     const std::string check = (venv / "bin/python").string() + " " + LLT_SOURCE_DIR +
                               "/data_prep/check_export_transformers.py " + out.string() + " " +
                               logits.string() + " --atol 1e-4 --text '" + kText + "' 2>&1";

@@ -222,6 +222,7 @@ TEST(Names, EachEnumHasOneNamePerValue) {
   expect_one_name_per_value<LossNormalization>(
       {LossNormalization::kTokens, LossNormalization::kMicroBatch});
   expect_one_name_per_value<ScoredTokens>({ScoredTokens::kLabels, ScoredTokens::kAll});
+  expect_one_name_per_value<ExportFormat>({ExportFormat::kHuggingFace, ExportFormat::kMeta});
   expect_one_name_per_value<tools::PromptTemplate>(
       {tools::PromptTemplate::kNone, tools::PromptTemplate::kAlpaca});
   expect_one_name_per_value<tools::OnBadRecord>(
@@ -334,7 +335,7 @@ TEST(LltFinetune, SigusrOneCheckpointsExitsSeventyFiveAndResumes) {
 namespace {
 
 const std::vector<std::string> kTools = {"llt-generate", "llt-perplexity", "llt-tokenize",
-                                         "llt-finetune", "llt-report"};
+                                         "llt-finetune", "llt-report", "llt-export"};
 
 // The tool's command line with its required flags, valid. Should a check let a bad value
 // through, parsing succeeds (code 0) and the test fails.
@@ -354,6 +355,9 @@ std::string tool_base(const std::string& tool, const fs::path& dir) {
   if (tool == "llt-finetune") {
     return "llt-finetune --model preset:tiny --data " + dir.string() + " --output " +
            (dir / "run").string();
+  }
+  if (tool == "llt-export") {
+    return "llt-export --model preset:tiny --output " + (dir / "export").string();
   }
   return "llt-report " + dir.string() + " --no-plots --output " + (dir / "report").string();
 }
@@ -385,6 +389,7 @@ llt::testing::ToolRun parse(const std::string& args) {
     if (words[0] == "llt-tokenize") llt::tools::parse_tokenize(argc, argv.data());
     if (words[0] == "llt-finetune") llt::tools::parse_finetune(argc, argv.data());
     if (words[0] == "llt-report") llt::tools::parse_report(argc, argv.data());
+    if (words[0] == "llt-export") llt::tools::parse_export(argc, argv.data());
   } catch (const llt::tools::Exit& e) {
     r.code = e.code;
   } catch (const std::exception& e) {
@@ -457,6 +462,8 @@ const std::vector<RangeCase> kRangeCases = {
     {"llt-finetune", "--dist-bucket-mib", "0", "must be > 0, got 0"},
     {"llt-finetune", "--dist-bucket-mb", "0", "must be > 0, got 0"},
     {"llt-report", "--gnuplot-timeout", "-1", "must be >= 0, got -1"},
+    {"llt-export", "--n-layers", "-1", "must be >= 0, got -1"},
+    {"llt-export", "--threads", "-1", "must be >= 0, got -1"},
 };
 
 // Number flags without a range: any finite value.

@@ -119,10 +119,9 @@ std::optional<int64_t> parse_byte_size(const std::string& text) {
   if (number.empty() || number == "." || std::count(number.begin(), number.end(), '.') > 1) {
     return std::nullopt;
   }
-  std::string unit;
-  for (char c : text.substr(number.size())) {
-    if (c != ' ') unit += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  }
+  std::string unit = text.substr(number.size());
+  if (!unit.empty() && unit[0] == ' ') unit.erase(0, 1);  // "1.5 MiB"
+  for (char& c : unit) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   for (const auto& [name, factor] : kUnits) {
     if (unit != name) continue;
     const double bytes = std::stod(number) * factor;

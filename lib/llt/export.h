@@ -59,8 +59,8 @@ struct ExportOptions {
 };
 
 // "5GB" -> 5'000'000'000: a size as Hugging Face's max_shard_size takes it, a number of bytes or
-// a number with a unit, B, KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (of 1024),
-// case-insensitive; std::nullopt for anything else, or under 1 byte.
+// a number with a unit (one space between them at most), B, KB, MB, GB, TB (powers of 1000) or
+// KiB, MiB, GiB, TiB (of 1024), case-insensitive; std::nullopt for anything else, or under 1 byte.
 std::optional<int64_t> parse_byte_size(const std::string& text);
 
 // The files of a sharded export: tensors given in order with their byte sizes, grouped into
