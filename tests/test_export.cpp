@@ -419,6 +419,7 @@ TEST(LltExport, BadInputIsOneLineExitOneAndLeavesNothing) {
       {base + "--max-shard-size abc" + out, "--max-shard-size"},
       {"--model " + kStoriesBin + " --tokenizer " + kLlama2Tokenizer + out, "vocab_size"},
       {"--tokenizer " + kTok512 + out, "--model"},
+      {"--model preset:tiny" + out, "--tokenizer"},
       {base + "--run " + dir.path.string() + out, "checkpoints"},  // not a run folder
       {base + "--format pth" + out, "--format"},
       {base + "--dtype fp64" + out, "--dtype"},

@@ -18,6 +18,7 @@
 #include "llt/tools/run_folder.h"
 #include "llt/tools/setup.h"
 #include "llt/train_state.h"
+#include "llt/weights.h"
 
 namespace llt::tools {
 namespace fs = std::filesystem;
@@ -157,6 +158,10 @@ int run_export(const ExportToolOptions& o) {
   } else {
     weights = std::make_unique<ExportWeights>(o.model, o.n_layers);
     if (!o.adapter.empty()) weights->merge_adapter(o.adapter);
+  }
+  if (o.tokenizer.empty() && !preset_model_name(model).empty()) {
+    throw InputError("--model " + model + ": random weights have no tokenizer.model beside "
+                     "them; pass --tokenizer");
   }
   ModelOptions paths;
   paths.model = model;
