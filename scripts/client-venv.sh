@@ -34,6 +34,8 @@ unavailable() {
 started=$SECONDS
 
 [[ -x $python ]] || unavailable "no $python"
+version=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+[[ $version == 3.11 ]] || unavailable "$python is Python $version; the pinned wheels are CPython 3.11's"
 "$python" -c 'import venv' 2>/dev/null || unavailable "$python has no venv module"
 pip=()
 for py in "$python" python3; do

@@ -13,6 +13,7 @@
 #include "llt/errors.h"
 #include "llt/io.h"
 #include "llt/lora.h"
+#include "llt/model.h"
 #include "llt/pth_writer.h"
 #include "llt/runtime.h"
 #include "llt/safetensors.h"

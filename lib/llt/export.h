@@ -16,11 +16,11 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/ScalarType.h>
 
-#include "llt/model.h"
 #include "llt/options.h"  // ExportFormat
 
 namespace llt {
 
+struct ModelArgs;
 class Tokenizer;
 
 // The model to export, read one tensor at a time under Meta's names and in Meta's layout.

@@ -200,10 +200,14 @@ torch::Tensor LoraLinearImpl::with_adapter(const torch::Tensor& x, const torch::
   return out + update;
 }
 
+namespace {
+
 // scale * B A in fp32, (out, in).
 torch::Tensor lora_delta(const torch::Tensor& a, const torch::Tensor& b, double scale) {
   return at::matmul(b.to(torch::kFloat), a.to(torch::kFloat)) * scale;
 }
+
+}  // namespace
 
 torch::Tensor LoraLinearImpl::delta_weight() const { return lora_delta(lora_a, lora_b, scale); }
 

@@ -71,7 +71,8 @@ class WeightsReader {
   c10::ScalarType stored_dtype() const;
   // Parameter `name` (of parameter_shapes(args())) as a CPU tensor of its stored dtype, in
   // Meta's layout (HF's q/k rows un-permuted, Meta's model-parallel shards joined). A preset's
-  // tensors are drawn as load_model draws them, so they must be read in parameter order.
+  // tensors are drawn as load_model draws them on the CPU (init_random), so they must be read
+  // in parameter order.
   // Throws InputError on unreadable files, RuntimeError on an unknown name or a preset read out
   // of order.
   at::Tensor read(const std::string& name);
