@@ -182,7 +182,7 @@ TEST(LltExport, PresetTinyLoadsBackBitwise) {
   TempDir dir;
   const fs::path out = dir.path / "hf";
   const auto r = run_tool(export_command("--model preset:tiny --tokenizer " + kTok512 +
-                                         " --output " + out.string()));
+                                         " --output " + out.string() + "/"));  // "hf/" is "hf"
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_EQ(entries(out), (std::set<std::string>{"config.json", "generation_config.json",
                                                  "model.safetensors", "special_tokens_map.json",

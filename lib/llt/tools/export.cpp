@@ -95,13 +95,17 @@ void check_output(const ExportToolOptions& o) {
   }
 }
 
-// The folder --output is written beside, and the prefix of this tool's staging folders in it.
-fs::path parent_of(const fs::path& out) {
-  const fs::path parent = fs::absolute(out).parent_path();
-  return parent.empty() ? fs::path(".") : parent;
+// --output as an absolute path without a trailing '/' ("out/" names the folder "out").
+fs::path output_path(const std::string& output) {
+  fs::path out = fs::absolute(output).lexically_normal();
+  if (out.filename().empty()) out = out.parent_path();
+  return out;
 }
+
+// The folder --output is written beside, and the prefix of this tool's staging folders in it.
+fs::path parent_of(const fs::path& out) { return out.parent_path(); }
 std::string staging_prefix(const fs::path& out) {
-  return "." + fs::absolute(out).filename().string() + ".llt-export-";
+  return "." + out.filename().string() + ".llt-export-";
 }
 
 // Staging folders of exports to the same --output whose process is gone (killed mid-way).
@@ -172,7 +176,7 @@ int run_export(const ExportToolOptions& o) {
   options.dtype = o.dtype ? scalar_type(*o.dtype) : weights->stored_dtype();
   options.max_shard_size = o.max_shard_size;
 
-  const fs::path out(o.output);
+  const fs::path out = output_path(o.output);
   fs::create_directories(parent_of(out));
   remove_stale_staging(out);
   const int64_t bytes = export_tensor_bytes(weights->args(), options.dtype);
