@@ -3,9 +3,6 @@
 // with an adapter), an independent Python reader and reference forward agree
 // (data_prep/check_export.py), transformers' LlamaForCausalLM agrees (ExportClients, in the
 // client venv), and bad input or a failed write leaves nothing behind.
-#include <signal.h>
-#include <sys/wait.h>
-
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -17,8 +14,9 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+#include <signal.h>
+#include <sys/wait.h>
 
-#include "test_support.h"
 #include "llt/export.h"
 #include "llt/io.h"
 #include "llt/lora.h"
@@ -27,6 +25,8 @@
 #include "llt/safetensors.h"
 #include "llt/tokenizer.h"
 #include "llt/weights.h"
+
+#include "test_support.h"
 
 namespace {
 
@@ -42,8 +42,8 @@ const std::string kLlama2Tokenizer =
 
 // Two sequences of 12 ids (< 512, the stories260K and preset:tiny vocabulary).
 at::Tensor test_tokens() {
-  return at::tensor({1, 403, 407, 261, 378, 300, 1, 45, 90, 33, 500, 2, 1, 17, 260, 19, 350, 301,
-                     299, 258, 430, 6, 7, 128},
+  return at::tensor({1, 403, 407, 261, 378, 300, 1,   45,  90,  33, 500, 2,
+                     1, 17,  260, 19,  350, 301, 299, 258, 430, 6,  7,   128},
                     at::kLong)
       .view({2, 12});
 }
@@ -119,7 +119,9 @@ llt::testing::ToolRun run_shell(const std::string& command) {
   return r;
 }
 
-std::string export_command(const std::string& args) { return "llt-export --threads 1 " + args; }
+std::string export_command(const std::string& args) {
+  return "llt-export --threads 1 " + args;
+}
 
 // The text whose ids the client check compares with llt's tokenizer's.
 const char* const kText = "Once upon a time, Lily saw a big red ball.";
@@ -132,13 +134,14 @@ fs::path write_llt_logits(const std::string& adapter, const fs::path& path) {
   llt::merge_lora(*m.model);
   const auto ids = llt::Tokenizer::load(kTok512).encode(kText, /*bos=*/true, /*eos=*/false);
   const at::Tensor text_ids = at::tensor(std::vector<int64_t>(ids.begin(), ids.end()));
-  llt::write_safetensors(path, {{"tokens", test_tokens()},
-                                {"logits", logits_of(m)},
-                                {"text_ids", text_ids}});
+  llt::write_safetensors(
+      path, {{"tokens", test_tokens()}, {"logits", logits_of(m)}, {"text_ids", text_ids}});
   return path;
 }
 
-nlohmann::json read_json(const fs::path& path) { return nlohmann::json::parse(llt::read_file(path)); }
+nlohmann::json read_json(const fs::path& path) {
+  return nlohmann::json::parse(llt::read_file(path));
+}
 
 }  // namespace
 
@@ -162,8 +165,8 @@ TEST(ExportWeights, ParseByteSizeTakesHuggingFaceUnitsAndRefusesTheRest) {
   EXPECT_EQ(llt::parse_byte_size("100kb"), int64_t{100'000});
   EXPECT_EQ(llt::parse_byte_size("1.5 MiB"), int64_t{1572864});
   EXPECT_EQ(llt::parse_byte_size("1000"), int64_t{1000});
-  for (const char* bad : {"", "0", "0.5", "-1GB", "5XB", "GB", "1e9", "nan", "inf", "1..5MB",
-                          "0x10", "5 G B"}) {
+  for (const char* bad :
+       {"", "0", "0.5", "-1GB", "5XB", "GB", "1e9", "nan", "inf", "1..5MB", "0x10", "5 G B"}) {
     EXPECT_FALSE(llt::parse_byte_size(bad).has_value()) << bad;
   }
 }
@@ -206,9 +209,9 @@ TEST(LltExport, MergedAdapterGivesTheLogitsOfTheBaseWithTheAdapter) {
   TempDir dir;
   const fs::path adapter = make_adapter(dir.path);
   const fs::path out = dir.path / "merged";
-  const auto r = run_tool(export_command("--model " + kStoriesBin + " --tokenizer " + kTok512 +
-                                         " --adapter " + adapter.string() + " --output " +
-                                         out.string()));
+  const auto r =
+      run_tool(export_command("--model " + kStoriesBin + " --tokenizer " + kTok512 + " --adapter " +
+                              adapter.string() + " --output " + out.string()));
   ASSERT_EQ(r.code, 0) << r.output;
   llt::LoadedModel exported = load(out.string());
   EXPECT_TRUE(exported.args.tie_embeddings);  // stories260K shares its classifier
@@ -234,9 +237,10 @@ TEST(LltExport, MergedAdapterGivesTheLogitsOfTheBaseWithTheAdapter) {
   const auto folder = run_tool("llt-perplexity --threads 1 --model " + out.string() + " --text " +
                                text + " --output " + (dir.path / "ppl-export").string());
   ASSERT_EQ(folder.code, 0) << folder.output;
-  const auto runtime = run_tool("llt-perplexity --threads 1 --model " + kStoriesBin +
-                                " --tokenizer " + kTok512 + " --adapter " + adapter.string() +
-                                " --text " + text + " --output " + (dir.path / "ppl-adapter").string());
+  const auto runtime =
+      run_tool("llt-perplexity --threads 1 --model " + kStoriesBin + " --tokenizer " + kTok512 +
+               " --adapter " + adapter.string() + " --text " + text + " --output " +
+               (dir.path / "ppl-adapter").string());
   ASSERT_EQ(runtime.code, 0) << runtime.output;
   const double nll_export = read_json(dir.path / "ppl-export/perplexity.json")["mean_nll"];
   const double nll_adapter = read_json(dir.path / "ppl-adapter/perplexity.json")["mean_nll"];
@@ -252,7 +256,8 @@ TEST(LltExport, SmallMaxShardSizeGivesShardsAndAnIndexListingEachTensorOnce) {
   EXPECT_FALSE(fs::exists(out / "model.safetensors"));
   const auto index = read_json(out / "model.safetensors.index.json");
   std::set<std::string> files;
-  for (const auto& [name, file] : index["weight_map"].items()) files.insert(file.get<std::string>());
+  for (const auto& [name, file] : index["weight_map"].items())
+    files.insert(file.get<std::string>());
   ASSERT_GE(files.size(), 3u);
   int64_t total = 0;
   std::set<std::string> seen;
@@ -339,9 +344,9 @@ TEST(LltExport, MetaFormatLoadsBackWithTheSameLogits) {
 class LltExportRun : public ::testing::Test {
  protected:
   void SetUp() override {
-    const auto data = run_tool("llt-tokenize --tokenizer " + kTok512 + " --output " +
-                               (dir_.path / "data").string() +
-                               " --first 8 --max-len 320 --threads 1");
+    const auto data =
+        run_tool("llt-tokenize --tokenizer " + kTok512 + " --output " +
+                 (dir_.path / "data").string() + " --first 8 --max-len 320 --threads 1");
     ASSERT_EQ(data.code, 0) << data.output;
   }
   llt::testing::ToolRun finetune(const fs::path& run, const std::string& extra) {
@@ -392,8 +397,8 @@ TEST_F(LltExportRun, LoraRunIsReferredToItsAdapter) {
   EXPECT_EQ(count_lines(r.output), 1) << r.output;
   EXPECT_NE(r.output.find("--adapter"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(dir_.path / "out"));
-  const auto merged = run_tool(export_command("--model " + kStoriesBin + " --tokenizer " +
-                                              kTok512 + " --adapter " + (run / "adapter").string() +
+  const auto merged = run_tool(export_command("--model " + kStoriesBin + " --tokenizer " + kTok512 +
+                                              " --adapter " + (run / "adapter").string() +
                                               " --output " + (dir_.path / "out").string()));
   EXPECT_EQ(merged.code, 0) << merged.output;
 }
@@ -439,8 +444,8 @@ TEST(LltExport, OverwriteReplacesAnExistingFolderOnlyOnceTheNewOneIsWhole) {
   TempDir dir;
   const fs::path out = dir.path / "out";
   fs::create_directories(out);  // an empty folder is fine without --overwrite
-  const std::string args = "--model " + kStoriesBin + " --tokenizer " + kTok512 + " --output " +
-                           out.string();
+  const std::string args =
+      "--model " + kStoriesBin + " --tokenizer " + kTok512 + " --output " + out.string();
   ASSERT_EQ(run_tool(export_command(args)).code, 0);
   std::ofstream(out / "stale.txt") << "old\n";
   EXPECT_EQ(run_tool(export_command(args)).code, 1);
@@ -502,8 +507,8 @@ TEST(ExportReference, PythonReferenceGivesLltsLogitsOnTheStoriesExport) {
     const fs::path logits =
         write_llt_logits(name == "plain" ? "" : adapter.string(), dir.path / (name + ".logits"));
     const std::string check = std::string(LLT_PYTHON) + " " + LLT_SOURCE_DIR +
-                              "/data_prep/check_export.py " + out.string() + " " +
-                              logits.string() + " --atol 1e-4 2>&1";
+                              "/data_prep/check_export.py " + out.string() + " " + logits.string() +
+                              " --atol 1e-4 2>&1";
     const auto checked = run_shell(check);
     EXPECT_EQ(checked.code, 0) << name << ": " << checked.output;
     std::cout << name << ": " << checked.output;
@@ -518,7 +523,8 @@ TEST(ExportClients, TransformersLoadsTheStoriesExportWithLltsLogits) {
   if (!fs::exists(venv / ".complete")) {
     const fs::path skip = venv.string() + ".skip";
     GTEST_SKIP() << "no client venv at " << venv.string() << ": "
-                 << (fs::exists(skip) ? llt::read_file(skip) : "scripts/client-venv.sh did not run");
+                 << (fs::exists(skip) ? llt::read_file(skip)
+                                      : "scripts/client-venv.sh did not run");
   }
   TempDir dir;
   const fs::path adapter = make_adapter(dir.path);

@@ -4,7 +4,6 @@
 #include "llt/tools/export.h"
 
 int main(int argc, char** argv) {
-  return llt::tools::tool_main("llt-export", [&] {
-    return llt::tools::run_export(llt::tools::parse_export(argc, argv));
-  });
+  return llt::tools::tool_main(
+      "llt-export", [&] { return llt::tools::run_export(llt::tools::parse_export(argc, argv)); });
 }

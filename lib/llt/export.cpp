@@ -76,9 +76,9 @@ void ExportWeights::use_trained(const fs::path& trainable) {
     }
     if (first == nullptr) first = info;
     if (info->dtype != first->dtype) {
-      throw InputError(where + ": tensors are stored in different dtypes ('" + first->name +
-                       "' " + dtype_name(first->dtype) + ", '" + name + "' " +
-                       dtype_name(info->dtype) + ")");
+      throw InputError(where + ": tensors are stored in different dtypes ('" + first->name + "' " +
+                       dtype_name(first->dtype) + ", '" + name + "' " + dtype_name(info->dtype) +
+                       ")");
     }
   }
   for (const auto& info : file->tensors()) {
@@ -92,7 +92,9 @@ void ExportWeights::use_trained(const fs::path& trainable) {
   impl_->trained = std::move(file);
 }
 
-const ModelArgs& ExportWeights::args() const { return impl_->base.args(); }
+const ModelArgs& ExportWeights::args() const {
+  return impl_->base.args();
+}
 
 c10::ScalarType ExportWeights::stored_dtype() const {
   return impl_->trained ? impl_->trained_dtype : impl_->base.stored_dtype();
@@ -110,10 +112,16 @@ at::Tensor ExportWeights::read(const std::string& name) {
 // Sizes and shards
 
 std::optional<int64_t> parse_byte_size(const std::string& text) {
-  static const std::vector<std::pair<std::string, double>> kUnits = {
-      {"", 1},        {"b", 1},          {"kb", 1e3},          {"mb", 1e6},
-      {"gb", 1e9},    {"tb", 1e12},      {"kib", 1024.0},      {"mib", 1048576.0},
-      {"gib", 1073741824.0}, {"tib", 1099511627776.0}};
+  static const std::vector<std::pair<std::string, double>> kUnits = {{"", 1},
+                                                                     {"b", 1},
+                                                                     {"kb", 1e3},
+                                                                     {"mb", 1e6},
+                                                                     {"gb", 1e9},
+                                                                     {"tb", 1e12},
+                                                                     {"kib", 1024.0},
+                                                                     {"mib", 1048576.0},
+                                                                     {"gib", 1073741824.0},
+                                                                     {"tib", 1099511627776.0}};
   // Digits and one '.', then the unit: no sign, exponent, hex, inf or nan.
   const size_t end = text.find_first_not_of("0123456789.");
   const std::string number = text.substr(0, end);
@@ -132,8 +140,7 @@ std::optional<int64_t> parse_byte_size(const std::string& text) {
   return std::nullopt;
 }
 
-std::vector<std::vector<size_t>> plan_shards(const std::vector<int64_t>& bytes,
-                                             int64_t max_bytes) {
+std::vector<std::vector<size_t>> plan_shards(const std::vector<int64_t>& bytes, int64_t max_bytes) {
   std::vector<std::vector<size_t>> shards;
   int64_t current = 0;
   for (size_t i = 0; i < bytes.size(); ++i) {

@@ -54,7 +54,7 @@ class ExportWeights {
 
 struct ExportOptions {
   ExportFormat format = ExportFormat::kHuggingFace;
-  c10::ScalarType dtype = c10::kFloat;      // of every tensor written
+  c10::ScalarType dtype = c10::kFloat;     // of every tensor written
   int64_t max_shard_size = 5'000'000'000;  // bytes of tensors per safetensors file, at most (HF)
 };
 

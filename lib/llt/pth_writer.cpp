@@ -13,9 +13,8 @@ namespace {
 
 // The pickle opcodes written (CPython Lib/pickle.py), protocol 2 as torch.save uses.
 constexpr char kProto = '\x80', kGlobal = 'c', kEmptyTuple = ')', kReduce = 'R', kMark = '(',
-               kBinUnicode = 'X', kTuple = 't', kBinPersId = 'Q', kBinInt1 = 'K',
-               kBinInt2 = 'M', kBinInt = 'J', kLong1 = '\x8a', kNewFalse = '\x89',
-               kSetItems = 'u', kStop = '.';
+               kBinUnicode = 'X', kTuple = 't', kBinPersId = 'Q', kBinInt1 = 'K', kBinInt2 = 'M',
+               kBinInt = 'J', kLong1 = '\x8a', kNewFalse = '\x89', kSetItems = 'u', kStop = '.';
 
 // torch.save's storage class of a dtype (the ones llt's reader knows).
 const char* storage_class(c10::ScalarType dtype) {
@@ -178,7 +177,8 @@ void PthWriter::write(const std::string& name, const at::Tensor& tensor) {
 
 void PthWriter::finish() {
   if (!zip_) throw RuntimeError(tmp_.string() + ": finish() after finish() or a failure");
-  if (next_ != tensors_.size()) fail("internal: finished before tensor '" + tensors_[next_].name + "'");
+  if (next_ != tensors_.size())
+    fail("internal: finished before tensor '" + tensors_[next_].name + "'");
   zip_->writeEndOfFile();
   zip_.reset();
   out_->flush();

@@ -1,8 +1,5 @@
 #include "llt/tools/export.h"
 
-#include <signal.h>
-#include <unistd.h>
-
 #include <cerrno>
 #include <chrono>
 #include <filesystem>
@@ -10,6 +7,9 @@
 #include <iostream>
 #include <memory>
 #include <string>
+
+#include <signal.h>
+#include <unistd.h>
 
 #include "llt/errors.h"
 #include "llt/export.h"
@@ -44,14 +44,16 @@ RunInput resolve_run(const ExportToolOptions& o) {
     run_dir = given;
     in.step = latest_train_state(given / "checkpoints");
     if (in.step.empty()) {
-      throw InputError(o.run + ": no checkpoints/step-N with state.json (--run takes a "
+      throw InputError(o.run +
+                       ": no checkpoints/step-N with state.json (--run takes a "
                        "fine-tuning run folder or one of its checkpoints/step-N folders)");
     }
   }
   const fs::path config = run_dir / "config.toml";
   if (!fs::exists(config)) {
     if (o.model.empty()) {
-      throw InputError(in.step.string() + ": no config.toml two folders up to name the base "
+      throw InputError(in.step.string() +
+                       ": no config.toml two folders up to name the base "
                        "model; pass --model BASE");
     }
     in.model = o.model;
@@ -61,7 +63,8 @@ RunInput resolve_run(const ExportToolOptions& o) {
   if (c.lora_rank > 0) {
     throw InputError(config.string() + ": lora-rank " + std::to_string(c.lora_rank) +
                      ": a LoRA run's training state holds only the adapter; export it with "
-                     "--model BASE --adapter " + (run_dir / "adapter").string());
+                     "--model BASE --adapter " +
+                     (run_dir / "adapter").string());
   }
   in.model = o.model.empty() ? c.model : o.model;
   in.n_layers = c.n_layers;
@@ -88,9 +91,11 @@ void check_output(const ExportToolOptions& o) {
   if (o.output.empty()) throw InputError("--output: a folder is required");
   const fs::path out(o.output);
   if (!fs::exists(out)) return;
-  if (!fs::is_directory(out)) throw InputError(o.output + ": exists and is not a folder (--output)");
+  if (!fs::is_directory(out))
+    throw InputError(o.output + ": exists and is not a folder (--output)");
   if (!o.overwrite && !fs::is_empty(out)) {
-    throw InputError(o.output + ": already exists and is not empty (--output); pass "
+    throw InputError(o.output +
+                     ": already exists and is not empty (--output); pass "
                      "--overwrite to replace it");
   }
 }
@@ -103,7 +108,9 @@ fs::path output_path(const std::string& output) {
 }
 
 // The folder --output is written beside, and the prefix of this tool's staging folders in it.
-fs::path parent_of(const fs::path& out) { return out.parent_path(); }
+fs::path parent_of(const fs::path& out) {
+  return out.parent_path();
+}
 std::string staging_prefix(const fs::path& out) {
   return "." + out.filename().string() + ".llt-export-";
 }
@@ -164,7 +171,8 @@ int run_export(const ExportToolOptions& o) {
     if (!o.adapter.empty()) weights->merge_adapter(o.adapter);
   }
   if (o.tokenizer.empty() && !preset_model_name(model).empty()) {
-    throw InputError("--model " + model + ": random weights have no tokenizer.model beside "
+    throw InputError("--model " + model +
+                     ": random weights have no tokenizer.model beside "
                      "them; pass --tokenizer");
   }
   ModelOptions paths;
