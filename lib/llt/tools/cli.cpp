@@ -323,7 +323,8 @@ TokenizeToolOptions parse_tokenize(int argc, char** argv) {
   app.add_option("--tokenizer", o.tokenizer, "SentencePiece .model")
       ->required()
       ->check(CLI::ExistingFile);
-  app.add_option("--output", o.output, "Dataset directory (manifest.json + shard-NNNNN.h5)")
+  app.add_option("--output", o.output,
+                 "Dataset directory (manifest.json + shard-gG-NNNNN.h5, G the run's generation)")
       ->required();
   app.add_option("--max-len", o.max_len, "Tokens per sample at most; longer samples are cut")
       ->check(number_in(2, double(int64_t{1} << 30)))
@@ -338,6 +339,10 @@ TokenizeToolOptions parse_tokenize(int argc, char** argv) {
                  "NAME=START:END (repeatable): records [START, END) into DIR/NAME");
   app.add_option("--samples-per-shard", o.samples_per_shard, "Samples per shard file, at most")
       ->check(number_in(1))
+      ->capture_default_str();
+  app.add_option("--max-record-bytes", o.max_record_bytes,
+                 "A record whose instruction + input + output exceed this many bytes is bad")
+      ->check(CLI::PositiveNumber)
       ->capture_default_str();
   add_choice(app, "--on-bad-record", o.on_bad_record,
              "fail: exit 1 naming the record; skip: drop it and list it in the manifest");

@@ -102,6 +102,7 @@ struct TokenizeToolOptions {
   int64_t first = 0;      // --first: records to take after --skip; 0 = all the rest
   std::vector<std::string> splits;  // --split NAME=START:END (repeatable): records -> DIR/NAME
   int64_t samples_per_shard = 10000;     // --samples-per-shard: samples per HDF5 file, at most
+  int64_t max_record_bytes = 1048576;    // --max-record-bytes: a longer record is bad (1 MiB)
   OnBadRecord on_bad_record = OnBadRecord::kFail;  // --on-bad-record: fail | skip
   bool overwrite = false;  // --overwrite: replace an existing dataset in --output
   int threads = 0;         // --threads: 0 = SLURM_CPUS_PER_TASK, else all cores
