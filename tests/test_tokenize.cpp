@@ -762,14 +762,13 @@ void expect_clean_write_failure(const llt::testing::ToolRun& r, const fs::path& 
   EXPECT_FALSE(fs::exists(out));
 }
 
-// A folder on a tmpfs of `size` ("32k"), unmounted when it goes out of scope; `mounted` is false
-// where mounting is not possible (not root, or no CAP_SYS_ADMIN in a container).
+// A folder on a tmpfs with mount `options` ("size=32k"), unmounted when it goes out of scope;
+// `mounted` is false where mounting is not possible (not root, or no CAP_SYS_ADMIN in a container).
 struct SmallDisk {
   fs::path path;
   bool mounted = false;
-  SmallDisk(fs::path where, const std::string& size) : path(std::move(where)) {
+  SmallDisk(fs::path where, const std::string& options) : path(std::move(where)) {
     fs::create_directories(path);
-    const std::string options = "size=" + size;
     mounted = geteuid() == 0 && mount("tmpfs", path.c_str(), "tmpfs", 0, options.c_str()) == 0;
   }
   ~SmallDisk() {
@@ -780,7 +779,7 @@ struct SmallDisk {
 TEST(LltTokenizeTool, FullDiskExitsTwoAndLeavesNoSplitLookingFinished) {
   const auto dir = fresh_dir("full_disk");
   {
-    const SmallDisk disk(dir / "disk32", "32k");  // full while writing eval's shard
+    const SmallDisk disk(dir / "disk32", "size=32k");  // full while writing eval's shard
     if (!disk.mounted) {
       GTEST_SKIP() << "cannot mount a tmpfs here (needs root); "
                    << "FileSizeLimitExitsTwoAndLeavesNoSplitLookingFinished covers a failed write";
@@ -791,10 +790,19 @@ TEST(LltTokenizeTool, FullDiskExitsTwoAndLeavesNoSplitLookingFinished) {
                                "No space left on device");
   }
   {
-    const SmallDisk disk(dir / "disk64", "64k");  // both shards fit, full while committing
+    const SmallDisk disk(dir / "disk64", "size=64k");  // both shards fit, full while committing
     const auto out = disk.path / "data";
     const pid_t pid = start_tokenize(two_splits(out), dir / "log64");
     expect_clean_write_failure(finish(pid, dir / "log64"), out, out, "No space left on device");
+  }
+  {
+    // No inode left for eval's shard: opening it fails (ENOSPC), which is exit 2 too. The 5 are
+    // the mount's root, data/, train/, eval/ and train's shard.
+    const SmallDisk disk(dir / "inodes", "size=1m,nr_inodes=5");
+    const auto out = disk.path / "data";
+    const pid_t pid = start_tokenize(two_splits(out), dir / "log_inodes");
+    expect_clean_write_failure(finish(pid, dir / "log_inodes"), out, out / "eval/shard-g1-00000.h5",
+                               "No space left on device");
   }
 }
 

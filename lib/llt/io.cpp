@@ -31,7 +31,11 @@ void write_file(const std::filesystem::path& path, const std::string& content) {
   // stdio rather than ofstream: every step reports errno (EFBIG, ENOSPC), fclose included.
   std::FILE* out = std::fopen(path.c_str(), "wb");
   if (out == nullptr) {
-    throw InputError(path.string() + ": cannot open for writing: " + std::strerror(errno));
+    const int reason = errno;
+    const std::string what = path.string() + ": cannot open for writing: " + std::strerror(reason);
+    // A full disk or quota is the machine's state, not the user's input.
+    if (reason == ENOSPC || reason == EDQUOT || reason == EIO) throw RuntimeError(what);
+    throw InputError(what);
   }
   const bool written = std::fwrite(content.data(), 1, content.size(), out) == content.size() &&
                        std::fflush(out) == 0;

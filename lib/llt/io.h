@@ -11,8 +11,9 @@ namespace llt {
 std::string read_file(const std::filesystem::path& path);
 
 // Writes `content` to `path` (created or truncated) and closes it. Throws InputError if `path`
-// cannot be opened, RuntimeError naming the file and the system's reason ("No space left on
-// device") if writing or closing fails; the partial file is removed then.
+// cannot be opened (permissions, no such folder), RuntimeError naming the file and the system's
+// reason ("No space left on device") on a full disk or if writing or closing fails; the partial
+// file is removed then.
 void write_file(const std::filesystem::path& path, const std::string& content);
 
 // Writes `content` to `path` + ".tmp" (write_file), then renames onto `path`. Throws InputError if
