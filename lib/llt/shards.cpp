@@ -12,6 +12,7 @@
 
 #include "llt/errors.h"
 #include "llt/io.h"
+#include "llt/sha256.h"
 
 namespace llt {
 namespace fs = std::filesystem;
@@ -386,6 +387,25 @@ void LengthHistogram::add(int64_t length) {
   ++counts[bin];
   min = first ? length : std::min(min, length);
   max = first ? length : std::max(max, length);
+}
+
+std::string samples_sha256(const Manifest& m) {
+  const ShardAttributes& a = m.attributes;
+  nlohmann::ordered_json shards = nlohmann::ordered_json::array();
+  for (const auto& s : m.shards) {
+    shards.push_back({s.samples, s.tokens, s.first_index, s.sha256});
+  }
+  nlohmann::ordered_json j = {{"format_version", m.format_version},
+                              {"template", a.template_name},
+                              {"source_sha256", a.source_sha256},
+                              {"tokenizer_sha256", a.tokenizer_sha256},
+                              {"max_len", a.max_len},
+                              {"start", m.start},
+                              {"end", m.end},
+                              {"samples", m.samples},
+                              {"tokens", m.tokens},
+                              {"shards", shards}};
+  return sha256_hex(j.dump());
 }
 
 std::string manifest_json(const Manifest& m) {

@@ -111,6 +111,12 @@ struct Manifest {
 // The text of manifest.json.
 std::string manifest_json(const Manifest& manifest);
 
+// The identity of a dataset's samples: sha256 over what decides them (source and tokenizer
+// sha256, template, cut, selected records, counts) and each shard's sha256 in order; not over
+// shard file names, the generation, paths as typed or the command line. Tokenizing the same
+// records again with the same settings gives the same value (what a resume checks).
+std::string samples_sha256(const Manifest& manifest);
+
 // Writes `dir`/manifest.json atomically (replacing an existing one). Throws RuntimeError on I/O.
 void write_manifest(const std::filesystem::path& dir, const Manifest& manifest);
 
