@@ -432,6 +432,7 @@ const std::vector<RangeCase> kRangeCases = {
     {"llt-tokenize", "--skip", "-1", "must be >= 0, got -1"},
     {"llt-tokenize", "--first", "-1", "must be >= 0, got -1"},
     {"llt-tokenize", "--samples-per-shard", "0", "must be >= 1, got 0"},
+    {"llt-tokenize", "--max-record-bytes", "0", "must be >= 1, got 0"},
     {"llt-tokenize", "--threads", "-1", "must be >= 0, got -1"},
     {"llt-finetune", "--threads", "-1", "must be >= 0, got -1"},
     {"llt-finetune", "--eval-every", "-1", "must be >= 0, got -1"},

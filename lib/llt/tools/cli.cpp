@@ -342,7 +342,7 @@ TokenizeToolOptions parse_tokenize(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--max-record-bytes", o.max_record_bytes,
                  "A record whose instruction + input + output exceed this many bytes is bad")
-      ->check(CLI::PositiveNumber)
+      ->check(number_in(1))
       ->capture_default_str();
   add_choice(app, "--on-bad-record", o.on_bad_record,
              "fail: exit 1 naming the record; skip: drop it and list it in the manifest");
