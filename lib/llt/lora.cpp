@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <map>
 #include <set>
 
@@ -25,6 +26,7 @@ constexpr int kAdapterFormatVersion = 1;
 constexpr const char* kAdapterWeights = "adapter.safetensors";
 constexpr const char* kAdapterConfig = "adapter_config.json";
 constexpr const char* kPeftWeights = "adapter_model.safetensors";
+constexpr const char* kPeftPickleWeights = "adapter_model.bin";
 
 // "wq" -> "attention.wq", "w1" -> "feed_forward.w1": the target's path inside a block.
 std::string block_module_path(const std::string& name) {
@@ -281,6 +283,163 @@ void save_adapter(const fs::path& dir, TransformerImpl& model, const LoraOptions
                                     {"dim", model.args().dim}});
 }
 
+namespace {
+
+// LoRA on the model with `options` (applied now if the model has none, else they must match).
+void ensure_lora(TransformerImpl& model, const LoraOptions& options, const fs::path& config_path) {
+  if (!has_lora(model)) {
+    apply_lora(model, options);
+    return;
+  }
+  const LoraOptions on = options_on_model(model);
+  if (on.rank != options.rank || on.alpha != options.alpha || on.targets != options.targets) {
+    throw InputError(config_path.string() + ": adapter has rank " + std::to_string(options.rank) +
+                     ", targets " + join(options.targets) + "; the model's LoRA has rank " +
+                     std::to_string(on.rank) + ", targets " + join(on.targets));
+  }
+}
+
+// Copies tensor `name` of `file` into `p`, checking its shape; `transform` maps the file's
+// tensor (e.g. HF's q/k row order back to Meta's) before the copy.
+void copy_tensor(TensorFile& file, const std::string& name, torch::Tensor& p,
+                 const std::function<torch::Tensor(torch::Tensor)>& transform = nullptr) {
+  const TensorInfo* info = file.find(name);
+  if (info == nullptr) throw InputError(file.path().string() + ": missing tensor '" + name + "'");
+  if (info->shape != p.sizes().vec()) {
+    throw InputError(file.path().string() + ": tensor '" + name + "' has shape " +
+                     shape_string(info->shape) + ", the model expects " + shape_string(p.sizes()));
+  }
+  torch::Tensor t = file.read(name);
+  if (transform) t = transform(t);
+  p.copy_(t);
+}
+
+void refuse_unexpected(TensorFile& file, const std::set<std::string>& expected) {
+  for (const auto& info : file.tensors()) {
+    if (!expected.count(info.name)) {
+      throw InputError(file.path().string() + ": unexpected tensor '" + info.name +
+                       "' (not a LoRA parameter of this model)");
+    }
+  }
+}
+
+// A Hugging Face PEFT LoRA adapter for LLaMA (adapter_config.json + adapter_model.safetensors,
+// as PEFT's save_pretrained and export_peft_adapter write it). Plain LoRA only: DoRA, rsLoRA,
+// trained biases, modules_to_save and per-module ranks are refused by name.
+LoraOptions load_peft_adapter(const fs::path& dir, const json& config, TransformerImpl& model) {
+  const fs::path config_path = dir / kAdapterConfig;
+  const std::string where = config_path.string() + ": ";
+  if (config.value("peft_type", std::string()) != "LORA") {
+    throw InputError(where + "field 'peft_type' is " + config["peft_type"].dump() +
+                     ", expected \"LORA\"");
+  }
+  auto is_set = [&](const char* key) {
+    if (!config.contains(key)) return false;
+    const json& v = config[key];
+    return !(v.is_null() || (v.is_boolean() && !v.get<bool>()) || (v.is_array() && v.empty()) ||
+             (v.is_object() && v.empty()) || (v.is_string() && v.get<std::string>() == "none"));
+  };
+  for (const auto& [key, what] :
+       std::vector<std::pair<const char*, const char*>>{{"use_dora", "DoRA"},
+                                                        {"use_rslora", "rsLoRA"},
+                                                        {"bias", "trained biases"},
+                                                        {"modules_to_save", "modules_to_save"},
+                                                        {"rank_pattern", "per-module ranks"},
+                                                        {"alpha_pattern", "per-module alphas"},
+                                                        {"fan_in_fan_out", "fan_in_fan_out"},
+                                                        {"lora_bias", "LoRA biases"},
+                                                        {"layer_replication", "layer_replication"}}) {
+    if (is_set(key)) {
+      throw InputError(where + "field '" + key + "' is " + config[key].dump() + ": " + what +
+                       " is not supported by llt (plain LoRA only)");
+    }
+  }
+  LoraOptions options;
+  options.rank = config_field<int64_t>(config, "r", config_path);
+  options.alpha = config_field<double>(config, "lora_alpha", config_path);
+  options.dropout = config.contains("lora_dropout")
+                        ? config_field<double>(config, "lora_dropout", config_path)
+                        : 0.0;
+  if (!config.contains("target_modules") || !config["target_modules"].is_array()) {
+    throw InputError(where + "field 'target_modules' must be a list of module names (q_proj, "
+                     "k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)");
+  }
+  std::map<std::string, std::string> meta_of;  // "q_proj" -> "wq"
+  for (const auto& t : lora_target_names()) {
+    meta_of[last_component(hf_module_path("layers.0." + block_module_path(t)))] = t;
+  }
+  for (const auto& hf : config_field<std::vector<std::string>>(config, "target_modules",
+                                                               config_path)) {
+    const auto it = meta_of.find(last_component(hf));
+    if (it == meta_of.end()) {
+      throw InputError(where + "field 'target_modules' names '" + hf +
+                       "', not a LLaMA linear map (q_proj k_proj v_proj o_proj gate_proj "
+                       "up_proj down_proj)");
+    }
+    options.targets.push_back(it->second);
+  }
+  // llt's order (wq wk wv wo w1 w2 w3), so the options compare equal to llt's own.
+  std::vector<std::string> ordered;
+  for (const auto& t : lora_target_names()) {
+    if (std::count(options.targets.begin(), options.targets.end(), t)) ordered.push_back(t);
+  }
+  options.targets = ordered;
+  validate_lora_options(options, config_path.string());
+  // layers_to_transform: the blocks that carry the adapter (all when absent).
+  std::set<int64_t> layers;
+  const int64_t n_layers = model.args().n_layers;
+  if (is_set("layers_to_transform")) {
+    const json& v = config["layers_to_transform"];
+    const auto list = v.is_array() ? config_field<std::vector<int64_t>>(config, "layers_to_transform",
+                                                                        config_path)
+                                   : std::vector<int64_t>{config_field<int64_t>(
+                                         config, "layers_to_transform", config_path)};
+    for (const int64_t l : list) {
+      if (l < 0 || l >= n_layers) {
+        throw InputError(where + "field 'layers_to_transform' holds layer " + std::to_string(l) +
+                         " but the model has " + std::to_string(n_layers) + " layers");
+      }
+      layers.insert(l);
+    }
+  } else {
+    for (int64_t l = 0; l < n_layers; ++l) layers.insert(l);
+  }
+  ensure_lora(model, options, config_path);
+
+  // PEFT writes safetensors; older PEFT (safe_serialization=False) a torch.save archive.
+  fs::path weights = dir / kPeftWeights;
+  std::error_code ec;
+  if (!fs::exists(weights, ec) && fs::exists(dir / kPeftPickleWeights, ec)) {
+    weights = dir / kPeftPickleWeights;
+  }
+  const auto file_owner = open_tensor_file(weights);
+  TensorFile& file = *file_owner;
+  std::set<std::string> expected;
+  torch::NoGradGuard no_grad;
+  for (auto& [path, lora] : lora_modules(model)) {
+    const int64_t layer = std::stoll(path.substr(path.find('.') + 1));  // "layers.3.attention.wq"
+    if (!layers.count(layer)) {  // no adapter on this block: B = 0 adds exactly nothing
+      lora->lora_b.zero_();
+      continue;
+    }
+    const std::string hf = "base_model.model." + hf_module_path(path);
+    const std::string leaf = last_component(path);
+    expected.insert(hf + ".lora_A.weight");
+    expected.insert(hf + ".lora_B.weight");
+    copy_tensor(file, hf + ".lora_A.weight", lora->lora_a);
+    const int64_t heads = leaf == "wq" ? model.args().n_heads
+                          : leaf == "wk" ? model.args().kv_heads()
+                                         : 0;
+    copy_tensor(file, hf + ".lora_B.weight", lora->lora_b, [heads](torch::Tensor b) {
+      return heads > 0 ? unpermute_hf_rows(b.to(torch::kFloat), heads) : b;  // HF rows -> Meta's
+    });
+  }
+  refuse_unexpected(file, expected);
+  return options;
+}
+
+}  // namespace
+
 LoraOptions load_adapter(const fs::path& dir, TransformerImpl& model) {
   const fs::path config_path = dir / kAdapterConfig;
   json config;
@@ -290,13 +449,14 @@ LoraOptions load_adapter(const fs::path& dir, TransformerImpl& model) {
     throw InputError(config_path.string() + ": not valid JSON (" + e.what() + ")");
   }
   if (!config.is_object()) throw InputError(config_path.string() + ": expected a JSON object");
+  if (config.contains("peft_type")) return load_peft_adapter(dir, config, model);
   const auto format = config_field<std::string>(config, "format", config_path);
   const auto version = config_field<int>(config, "format_version", config_path);
   if (format != kAdapterFormat || version != kAdapterFormatVersion) {
     throw InputError(config_path.string() + ": format '" + format + "' version " +
                      std::to_string(version) + ", expected '" + kAdapterFormat + "' version " +
                      std::to_string(kAdapterFormatVersion) +
-                     " (a PEFT adapter_config.json is not read by llt)");
+                     " (or a Hugging Face PEFT adapter, with 'peft_type')");
   }
   LoraOptions options;
   options.rank = config_field<int64_t>(config, "rank", config_path);
@@ -314,45 +474,21 @@ LoraOptions load_adapter(const fs::path& dir, TransformerImpl& model) {
     }
   }
 
-  if (!has_lora(model)) {
-    apply_lora(model, options);
-  } else {
-    const LoraOptions on = options_on_model(model);
-    if (on.rank != options.rank || on.alpha != options.alpha || on.targets != options.targets) {
-      throw InputError(config_path.string() + ": adapter has rank " + std::to_string(options.rank) +
-                       ", targets " + join(options.targets) + "; the model's LoRA has rank " +
-                       std::to_string(on.rank) + ", targets " + join(on.targets));
-    }
-  }
+  ensure_lora(model, options, config_path);
 
   SafetensorsFile file(dir / kAdapterWeights);
-  const auto params = lora_parameters(model);
   std::set<std::string> expected;
   torch::NoGradGuard no_grad;
-  for (const auto& [name, p] : params) {
+  for (auto& [name, p] : lora_parameters(model)) {
     expected.insert(name);
-    const TensorInfo* info = file.find(name);
-    if (info == nullptr) {
-      throw InputError(file.path().string() + ": missing tensor '" + name + "'");
-    }
-    if (info->shape != p.sizes().vec()) {
-      throw InputError(file.path().string() + ": tensor '" + name + "' has shape " +
-                       shape_string(info->shape) + ", the model expects " +
-                       shape_string(p.sizes()));
-    }
-    p.copy_(file.read(name));
+    copy_tensor(file, name, p);
   }
-  for (const auto& info : file.tensors()) {
-    if (!expected.count(info.name)) {
-      throw InputError(file.path().string() + ": unexpected tensor '" + info.name +
-                       "' (not a LoRA parameter of this model)");
-    }
-  }
+  refuse_unexpected(file, expected);
   return options;
 }
 
 void export_peft_adapter(const fs::path& dir, TransformerImpl& model, const LoraOptions& options,
-                         const std::string& base_model_name_or_path) {
+                         const std::string& base_model_name_or_path, int64_t base_n_layers) {
   const auto modules = lora_modules(model);
   if (modules.empty()) throw RuntimeError("export_peft_adapter: the model has no LoRA adapters");
   std::error_code ec;
@@ -376,18 +512,29 @@ void export_peft_adapter(const fs::path& dir, TransformerImpl& model, const Lora
   for (const auto& t : options.targets) {
     target_modules.push_back(last_component(hf_module_path("layers.0." + block_module_path(t))));
   }
-  write_json(dir / kAdapterConfig, {{"peft_type", "LORA"},
-                                    {"task_type", "CAUSAL_LM"},
-                                    {"r", options.rank},
-                                    {"lora_alpha", options.alpha},
-                                    {"lora_dropout", options.dropout},
-                                    {"target_modules", target_modules},
-                                    {"base_model_name_or_path", base_model_name_or_path},
-                                    {"bias", "none"},
-                                    {"fan_in_fan_out", false},
-                                    {"inference_mode", true},
-                                    {"init_lora_weights", true},
-                                    {"modules_to_save", nullptr}});
+  const double alpha = options.alpha;
+  const bool whole = alpha == std::floor(alpha) && std::abs(alpha) < 1e15;
+  json config = {{"peft_type", "LORA"},
+                 {"task_type", "CAUSAL_LM"},
+                 {"r", options.rank},
+                 {"lora_alpha", whole ? json(static_cast<int64_t>(alpha)) : json(alpha)},
+                 {"lora_dropout", options.dropout},
+                 {"target_modules", target_modules},
+                 {"base_model_name_or_path", base_model_name_or_path.empty()
+                                                 ? json()
+                                                 : json(base_model_name_or_path)},
+                 {"bias", "none"},
+                 {"fan_in_fan_out", false},
+                 {"inference_mode", true},
+                 {"init_lora_weights", true},
+                 {"modules_to_save", nullptr}};
+  const int64_t kept = model.args().n_layers;
+  if (base_n_layers > kept) {  // a --n-layers model: the adapter is on the first `kept` blocks
+    std::vector<int64_t> layers(static_cast<size_t>(kept));
+    for (int64_t l = 0; l < kept; ++l) layers[static_cast<size_t>(l)] = l;
+    config["layers_to_transform"] = layers;
+  }
+  write_json(dir / kAdapterConfig, config);
 }
 
 }  // namespace llt

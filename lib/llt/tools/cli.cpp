@@ -203,7 +203,8 @@ void add_model_options(CLI::App& app, ModelOptions& o, bool with_tokenizer = tru
           },
           "PATH|preset:NAME"));
   if (with_tokenizer) {  // the inference tools: they also take an adapter
-    app.add_option("--adapter", o.adapter, "LoRA adapter folder (a run's adapter/) to apply")
+    app.add_option("--adapter", o.adapter, "LoRA adapter folder to apply: a run's adapter/ or adapter-peft/, or a Hugging Face PEFT "
+                   "LoRA adapter (adapter_config.json + adapter_model.safetensors)")
         ->check(CLI::ExistingDirectory);
     app.add_option("--tokenizer", o.tokenizer,
                    "SentencePiece model (default: tokenizer.model beside the checkpoint)")
@@ -371,6 +372,10 @@ FinetuneToolOptions parse_finetune(int argc, char** argv) {
   app.add_option("--eval-data", o.eval_data,
                  "Held-out dataset directory from llt-tokenize: its perplexity at step 0, every "
                  "--eval-every steps and at the end")
+      ->capture_default_str();
+  app.add_option("--hf-base", o.hf_base,
+                 "Hub name of the base model for adapter-peft/ (e.g. meta-llama/Llama-2-7b-hf; "
+                 "default: an HF --model folder's _name_or_path)")
       ->capture_default_str();
   app.add_option("--eval-every", o.eval_every, "Evaluate on --eval-data every N steps (0: only "
                  "at step 0 and at the end)")

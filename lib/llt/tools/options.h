@@ -141,6 +141,9 @@ struct FinetuneToolOptions {
   // --eval-every steps (0: no others) and at the end.
   std::string eval_data;
   int64_t eval_every = 0;
+  // --hf-base: the base model's Hugging Face Hub name for adapter-peft/'s
+  // base_model_name_or_path; default: an HF --model folder's own _name_or_path.
+  std::string hf_base;
   std::string output;         // --output: the run folder (refused if it exists, but --resume auto)
   std::string config_text;    // the resolved options as TOML (written to the run folder)
   std::string command_line;   // as typed
