@@ -591,6 +591,81 @@ TEST(Weights, CorruptPthAndLlama2cFilesAreInputErrors) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The zip directory of a .pth, checked by llt before LibTorch's zip reader sees the archive
+
+namespace {
+
+std::string read_bytes(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+void put_le(std::string& bytes, size_t at, uint64_t value, int n) {
+  for (int i = 0; i < n; ++i) bytes[at + i] = static_cast<char>((value >> (8 * i)) & 0xff);
+}
+
+}  // namespace
+
+TEST(Pth, EveryFixtureArchivePassesTheZipDirectoryCheck) {
+  for (const auto& entry : fs::recursive_directory_iterator(kAssets)) {
+    const auto ext = entry.path().extension();
+    if (ext != ".pth" && entry.path().filename() != "pytorch_model.bin") continue;
+    SCOPED_TRACE(entry.path().string());
+    EXPECT_NO_THROW(llt::check_zip_directory(entry.path()));
+  }
+}
+
+TEST(Pth, BadZipDirectoriesAreOneLineInputErrorsNamingTheFile) {
+  TempDir dir;
+  const std::string good = read_bytes(kAssets / "meta_bf16" / "consolidated.00.pth");
+  const size_t end = good.rfind(std::string("PK\x05\x06", 4));     // end of central directory
+  const size_t central = good.find(std::string("PK\x01\x02", 4));  // its first entry, data.pkl
+  ASSERT_NE(end, std::string::npos);
+  ASSERT_NE(central, std::string::npos);
+  struct Case {
+    std::string what;
+    std::function<void(std::string&)> damage;
+    std::string needle;
+  };
+  const Case cases[] = {
+      {"directory past the end", [&](std::string& b) { put_le(b, end + 16, b.size() + 99, 4); },
+       "central directory"},
+      {"directory size too large", [&](std::string& b) { put_le(b, end + 12, 1 << 20, 4); },
+       "central directory"},
+      {"more entries than the directory holds",
+       [&](std::string& b) {
+         put_le(b, end + 8, 5000, 2);
+         put_le(b, end + 10, 5000, 2);
+       },
+       "5000 entries"},
+      {"local header inside the directory", [&](std::string& b) { put_le(b, central + 42, end, 4); },
+       "local header"},
+      {"entry larger than the file",
+       [&](std::string& b) {
+         put_le(b, central + 20, 1 << 30, 4);
+         put_le(b, central + 24, 1 << 30, 4);
+       },
+       "run past"},
+      {"compressed entry", [&](std::string& b) { put_le(b, central + 10, 8, 2); }, "compressed"},
+      {"name with ..", [&](std::string& b) { b.replace(central + 46, 3, "../"); }, "'..'"},
+      {"no end record", [&](std::string& b) { b.resize(end); }, "no end of central directory"},
+  };
+  for (size_t i = 0; i < std::size(cases); ++i) {
+    SCOPED_TRACE(cases[i].what);
+    std::string bytes = good;
+    cases[i].damage(bytes);
+    const fs::path path = dir.path / ("bad" + std::to_string(i) + ".pth");
+    std::ofstream(path, std::ios::binary) << bytes;
+    llt::testing::expect_input_error([&] { llt::PthFile file(path); },
+                                     {path.string(), "not a readable torch.save zip archive",
+                                      cases[i].needle});
+  }
+  const fs::path copy = dir.path / "good.pth";
+  std::ofstream(copy, std::ios::binary) << good;
+  EXPECT_EQ(llt::PthFile(copy).tensors().size(), 2u + 2u * 9u + 2u);
+}
+
+// ---------------------------------------------------------------------------------------------
 // The pickle reader on its own
 
 namespace {
