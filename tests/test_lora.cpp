@@ -245,6 +245,26 @@ TEST(Lora, LoadRejectsBadAdapters) {
   EXPECT_THROW(load_adapter(dir.path, *small), InputError);
 }
 
+TEST(Lora, LoadRejectsNumbersOfTheWrongKindInTheConfig) {
+  // nlohmann's get<int64_t>() truncates 2.5 to 2 and is undefined behaviour on 1e300 (found by
+  // fuzz/fuzz_adapter.cpp): both must be refused, naming the file and the field.
+  TempDir dir;
+  auto model = tiny_model();
+  apply_lora(*model, LoraOptions{});
+  save_adapter(dir.path, *model, LoraOptions{});
+  const fs::path config_path = dir.path / "adapter_config.json";
+  const json good = json::parse(std::ifstream(config_path));
+  for (const auto& [key, value] : std::vector<std::pair<std::string, json>>{
+           {"rank", 2.5}, {"rank", 1e300}, {"format_version", 1e300}, {"n_layers", -1e19}}) {
+    SCOPED_TRACE(key + " = " + value.dump());
+    json bad = good;
+    bad[key] = value;
+    std::ofstream(config_path, std::ios::trunc) << bad.dump();
+    llt::testing::expect_input_error([&] { load_adapter(dir.path, *tiny_model()); },
+                                     {config_path.string(), "'" + key + "'"});
+  }
+}
+
 TEST(Lora, PeftExportMatchesPythonReference) {
   std::ifstream in(fs::path(LLT_TEST_ASSETS) / "lora" / "peft_export.json");
   ASSERT_TRUE(in) << "missing tests/assets/lora/peft_export.json";

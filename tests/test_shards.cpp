@@ -285,6 +285,11 @@ TEST(Manifest, MissingOrMalformedIsAClearError) {
   expect_input_error([&] { llt::read_manifest(dir); }, {"format_version", "wrong type"});
   std::ofstream(dir / "manifest.json") << R"({"format_version": 1})";
   expect_input_error([&] { llt::read_manifest(dir); }, {"missing key 'template'"});
+  // Not truncated (2.5), not undefined behaviour (1e300; found by fuzz/fuzz_manifest.cpp).
+  for (const char* number : {"2.5", "1e300", "9223372036854775808"}) {
+    std::ofstream(dir / "manifest.json") << "{\"format_version\": " << number << "}";
+    expect_input_error([&] { llt::read_manifest(dir); }, {"format_version", "wrong type"});
+  }
 }
 
 // A manifest that names a shard twice (trained twice an epoch) or a file outside the dataset

@@ -12,6 +12,7 @@
 
 #include "llt/errors.h"
 #include "llt/io.h"
+#include "llt/json_fields.h"
 #include "llt/safetensors.h"
 #include "llt/weight_names.h"
 
@@ -98,12 +99,12 @@ void write_json(const fs::path& path, const json& j) {
 template <typename T>
 T config_field(const json& config, const std::string& key, const fs::path& file) {
   if (!config.contains(key)) throw InputError(file.string() + ": missing field '" + key + "'");
-  try {
-    return config.at(key).get<T>();
-  } catch (const json::exception&) {
+  // json_holds: get<int64_t>() would truncate 2.5 and overflow (undefined) on 1e300.
+  if (!json_holds<T>(config.at(key))) {
     throw InputError(file.string() + ": field '" + key +
-                     "' has the wrong type: " + config.at(key).dump());
+                     "' has the wrong type: " + config.at(key).dump().substr(0, 80));
   }
+  return config.at(key).get<T>();
 }
 
 // The options of the LoRA already on `model` (rank, alpha, dropout of the first module; targets

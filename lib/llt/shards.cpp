@@ -12,6 +12,7 @@
 
 #include "llt/errors.h"
 #include "llt/io.h"
+#include "llt/json_fields.h"
 #include "llt/sha256.h"
 
 namespace llt {
@@ -300,11 +301,11 @@ template <typename T>
 T get(const nlohmann::json& j, const char* key, const std::string& file) {
   const auto it = j.find(key);
   if (it == j.end()) throw InputError(file + ": missing key '" + key + "'");
-  try {
-    return it->get<T>();
-  } catch (const nlohmann::json::exception&) {
+  // json_holds: get<int64_t>() would truncate 2.5 and overflow (undefined) on 1e300.
+  if (!json_holds<T>(*it)) {
     throw InputError(file + ": key '" + key + "' has the wrong type (" + it->type_name() + ")");
   }
+  return it->get<T>();
 }
 
 }  // namespace

@@ -13,6 +13,7 @@
 
 #include "llt/errors.h"
 #include "llt/io.h"
+#include "llt/json_fields.h"
 #include "llt/tensor_file.h"
 #include "llt/weight_names.h"
 
@@ -43,7 +44,7 @@ class Config {
   bool has(const std::string& key) const { return j_.contains(key) && !j_[key].is_null(); }
   int64_t integer(const std::string& key) const {
     if (!has(key)) throw InputError(source_ + ": missing field '" + key + "'");
-    if (!j_[key].is_number_integer()) fail(key, "an integer");
+    if (!json_holds<int64_t>(j_[key])) fail(key, "an integer");
     return j_[key].get<int64_t>();
   }
   int64_t integer_or(const std::string& key, int64_t fallback) const {
