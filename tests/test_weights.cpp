@@ -4,6 +4,7 @@
 // n_layers reads only the kept layers; Meta's and HF's quirks; and every malformed input is an
 // InputError naming the file.
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -588,6 +589,22 @@ TEST(Weights, CorruptPthAndLlama2cFilesAreInputErrors) {
   }
   const std::string error = input_error([&] { load(bin); });
   EXPECT_TRUE(contains(error, "version >= 1")) << error;
+}
+
+TEST(Weights, Llama2cHeaderClaimingAMillionLayersIsRefusedAtOnce) {
+  // 76 bytes claiming 2^20 - 1 layers: the implied size is checked before one entry per tensor
+  // is made (which took 3.5 s for 2^17 layers; found by fuzz/fuzz_llama2c.cpp).
+  TempDir dir;
+  const int32_t header[7] = {32, 48, (1 << 20) - 1, 4, 2, 64, 32};
+  const fs::path path = dir.path / "claims.bin";
+  std::ofstream out(path, std::ios::binary);
+  out.write(reinterpret_cast<const char*>(header), sizeof(header));
+  out << std::string(48, '\0');
+  out.close();
+  const auto start = std::chrono::steady_clock::now();
+  const std::string error = input_error([&] { load(path); });
+  EXPECT_TRUE(contains(error, "implies")) << error;
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(1));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -474,9 +474,20 @@ class ZipChecker {
       if (read_le(p + 4, 2) != 0 || read_le(p + 6, 2) != 0 || read_le(p + 8, 2) != dir.entries) {
         fail("a multi-disk archive");
       }
+      // torch.save writes zip64 end records (between the directory and the end record) even for
+      // small archives; they are required when the end record's fields are saturated.
       uint64_t directory_end = end_offset;
-      if (dir.entries == 0xffff || dir.size == 0xffffffff || dir.offset == 0xffffffff) {
-        dir = read_zip64_end(end_offset, &directory_end);
+      if (has_zip64_locator(end_offset) || dir.entries == 0xffff || dir.size == 0xffffffff ||
+          dir.offset == 0xffffffff) {
+        const ZipDirectory dir64 = read_zip64_end(end_offset, &directory_end);
+        // Fields of the end record that are not saturated must agree (readers use either).
+        if ((dir.entries != 0xffff && dir.entries != dir64.entries) ||
+            (dir.size != 0xffffffff && dir.size != dir64.size) ||
+            (dir.offset != 0xffffffff && dir.offset != dir64.offset)) {
+          fail("the end record puts the central directory at " + describe(dir) +
+               ", the zip64 end record at " + describe(dir64));
+        }
+        dir = dir64;
       }
       if (dir.offset > directory_end || dir.size != directory_end - dir.offset) {
         fail("the central directory [" + std::to_string(dir.offset) + ", +" +
@@ -486,6 +497,18 @@ class ZipChecker {
       return dir;
     }
     fail("no end of central directory record");
+  }
+
+  static std::string describe(const ZipDirectory& dir) {
+    return "[" + std::to_string(dir.offset) + ", +" + std::to_string(dir.size) + ") with " +
+           std::to_string(dir.entries) + " entries";
+  }
+
+  bool has_zip64_locator(uint64_t end_offset) const {
+    if (end_offset < kZip64LocatorSize) return false;
+    unsigned char signature[4];
+    file_.read(end_offset - kZip64LocatorSize, signature, 4, "the zip64 locator");
+    return read_le(signature, 4) == kZip64LocatorSignature;
   }
 
   ZipDirectory read_zip64_end(uint64_t end_offset, uint64_t* directory_end) const {
