@@ -6,10 +6,12 @@
 
 namespace llt::fuzz {
 
-// At most a million parameters and a RoPE table of at most a million entries.
+// At most 16 layers (num_parameters() lists every tensor: 2^20 layers would take seconds), a
+// million parameters and a RoPE table of at most a million entries.
 inline bool small_enough(const ModelArgs& args) {
   constexpr int64_t kLimit = 1 << 20;
-  return args.num_parameters() <= kLimit && args.max_seq_len <= kLimit / args.head_dim();
+  return args.n_layers <= 16 && args.dim <= 4096 && args.num_parameters() <= kLimit &&
+         args.max_seq_len <= kLimit / args.head_dim();
 }
 
 }  // namespace llt::fuzz

@@ -37,7 +37,8 @@ export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1:detect_odr_violation=0}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 symbolizer=$(command -v llvm-symbolizer-14 || command -v llvm-symbolizer || true)
 [[ -z $symbolizer ]] || export ASAN_SYMBOLIZER_PATH=$symbolizer UBSAN_SYMBOLIZER_PATH=$symbolizer
-flags=(-rss_limit_mb=4096 -timeout=20 -close_fd_mask=3 -print_final_stats=0)
+replay_flags=(-rss_limit_mb=4096 -timeout=20)
+flags=("${replay_flags[@]}" -close_fd_mask=3 -print_final_stats=0)
 
 failed=()
 recorded=()
@@ -56,7 +57,8 @@ for t in "${targets[@]}"; do
       recorded+=("$input (inside LibTorch, fuzz/known-libtorch.txt)")
       continue
     fi
-    if ! "$build/bin/fuzz_$t" "${flags[@]}" "$input" >"$build/replay.log" 2>&1; then
+    # Without -close_fd_mask: a finding's message (fuzz_input.cpp) goes to the target's stderr.
+    if ! "$build/bin/fuzz_$t" "${replay_flags[@]}" "$input" >"$build/replay.log" 2>&1; then
       tail -n 40 "$build/replay.log" >&2
       failed+=("replay of $input (crash site: $(crash_site "$build/replay.log"))")
     fi
@@ -88,17 +90,21 @@ for i in "${!pids[@]}"; do
   status=0
   wait "${pids[$i]}" || status=$?
   found=0
-  for input in "$build/artifacts/$t"/*; do
+  # crash-, leak-, timeout-, oom-: findings; slow-unit- (over 10 s, not a failure) is not.
+  for input in "$build/artifacts/$t"/{crash,leak,timeout,oom}-*; do
     [[ -f $input ]] || continue
     found=1
     if is_known "$input"; then
       recorded+=("$input (inside LibTorch, fuzz/known-libtorch.txt)")
     else
-      failed+=("fuzz_$t: $input (crash site: $(crash_site "$build/fuzz_$t.log"); $build/fuzz_$t.log)")
+      "$build/bin/fuzz_$t" "${replay_flags[@]}" "$input" >"$build/replay.log" 2>&1 || true
+      grep -m1 -A30 -E '==ERROR|FINDING|runtime error' "$build/replay.log" >&2 ||
+        tail -n 30 "$build/replay.log" >&2
+      failed+=("fuzz_$t: $input (crash site: $(crash_site "$build/replay.log"); $build/fuzz_$t.log)")
     fi
   done
   if ((status != 0 && found == 0)); then failed+=("fuzz_$t exit $status ($build/fuzz_$t.log)"); fi
-  if ((status != 0)); then grep -m1 -A30 -E '==ERROR|FINDING|runtime error' "$build/fuzz_$t.log" >&2 || tail -n 30 "$build/fuzz_$t.log" >&2; fi
+  if ((status != 0 && found == 0)); then tail -n 30 "$build/fuzz_$t.log" >&2; fi
   echo "fuzz.sh: $t: $(grep -o 'stat::number_of_executed_units: [0-9]*\|#[0-9]*.*DONE.*' "$build/fuzz_$t.log" | tail -n 1)"
 done
 
