@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds llt's fuzz targets (fuzz/: libFuzzer, ASan + UBSan, clang) into build-fuzz/, replays
 # every input kept in fuzz/crashes/<target>/, then fuzzes each target for LLT_FUZZ_TIME seconds
-# (default 30), LLT_FUZZ_PARALLEL at a time (default 2), seeded from fuzz/seeds.txt (files in
+# (default 20), LLT_FUZZ_PARALLEL at a time (default 2), seeded from fuzz/seeds.txt (files in
 # tests/assets and assets/) and fuzz/corpus/<target>/. Fails on any crash, sanitizer report or
 # non-llt exception, except inputs listed in fuzz/known-libtorch.txt (crashes inside LibTorch,
 # recorded there and in fuzz/README.md). New crash inputs are left in
@@ -10,7 +10,7 @@
 #        LLT_FUZZ_TIME=600 scripts/fuzz.sh pth     (one target, longer)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-fuzz_time=${LLT_FUZZ_TIME:-30}
+fuzz_time=${LLT_FUZZ_TIME:-20}
 parallel=${LLT_FUZZ_PARALLEL:-2}
 build=build-fuzz
 

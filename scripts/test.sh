@@ -23,7 +23,7 @@ failed=()
 echo "== test.sh: the suite on Debian's LibTorch 1.13 (build/)"
 run_ctest build "$@" || failed+=("build/ (LibTorch 1.13)")
 
-# The parsers under libFuzzer with ASan + UBSan (build-fuzz/, clang; about 30 s a target).
+# The parsers under libFuzzer with ASan + UBSan (build-fuzz/, clang; 20 s a target).
 echo "== test.sh: scripts/fuzz.sh (build-fuzz/)"
 scripts/fuzz.sh || failed+=("scripts/fuzz.sh (build-fuzz/fuzz_*.log)")
 
