@@ -265,6 +265,23 @@ TEST(Lora, LoadRejectsNumbersOfTheWrongKindInTheConfig) {
   }
 }
 
+TEST(Lora, KeptFuzzInputFormatVersion1e300IsRefused) {
+  // fuzz/crashes/adapter/ (found by fuzz/fuzz_adapter.cpp): adapter_config.json, the fuzz
+  // target's part separator, adapter.safetensors (empty here).
+  const std::string input =
+      read_file(fs::path(LLT_SOURCE_DIR) / "fuzz/crashes/adapter/ub-format-version-1e300.bin");
+  const std::string separator = "\n--llt-fuzz-part--\n";  // fuzz/fuzz_input.h kPartSeparator
+  const size_t at = input.find(separator);
+  ASSERT_NE(at, std::string::npos);
+  TempDir dir;
+  std::ofstream(dir.path / "adapter_config.json", std::ios::binary) << input.substr(0, at);
+  std::ofstream(dir.path / "adapter.safetensors", std::ios::binary)
+      << input.substr(at + separator.size());
+  llt::testing::expect_input_error(
+      [&] { load_adapter(dir.path, *tiny_model()); },
+      {(dir.path / "adapter_config.json").string(), "'format_version'", "wrong type"});
+}
+
 TEST(Lora, PeftExportMatchesPythonReference) {
   std::ifstream in(fs::path(LLT_TEST_ASSETS) / "lora" / "peft_export.json");
   ASSERT_TRUE(in) << "missing tests/assets/lora/peft_export.json";

@@ -292,6 +292,16 @@ TEST(Manifest, MissingOrMalformedIsAClearError) {
   }
 }
 
+TEST(Manifest, KeptFuzzInputVocabSize1e300IsRefused) {
+  // fuzz/crashes/manifest/ (found by fuzz/fuzz_manifest.cpp): a whole manifest whose vocab_size
+  // is 1e300, undefined behaviour in nlohmann's get<int64_t>() before json_holds.
+  const auto dir = fresh_dir("manifest_fuzz");
+  fs::copy_file(fs::path(LLT_SOURCE_DIR) / "fuzz/crashes/manifest/ub-vocab-size-1e300.json",
+                dir / "manifest.json");
+  expect_input_error([&] { llt::read_manifest(dir); },
+                     {"manifest.json", "'vocab_size'", "wrong type (number)"});
+}
+
 // A manifest that names a shard twice (trained twice an epoch) or a file outside the dataset
 // directory (issue 15, item 7) is refused naming manifest.json and the field.
 TEST(Manifest, ShardListedTwiceOrOutsideTheDirectoryIsRefused) {

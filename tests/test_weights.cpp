@@ -3,6 +3,8 @@
 // to the Python reference weights and gives identical logits; format detection from content;
 // n_layers reads only the kept layers; Meta's and HF's quirks; and every malformed input is an
 // InputError naming the file.
+#include <malloc.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -20,6 +22,7 @@
 
 #include "test_support.h"
 #include "llt/errors.h"
+#include "llt/io.h"
 #include "llt/pth.h"
 #include "llt/safetensors.h"
 #include "llt/weight_names.h"
@@ -31,6 +34,9 @@ using llt::WeightsFormat;
 namespace {
 
 const fs::path kAssets = fs::path(LLT_TEST_ASSETS) / "checkpoints";
+// Inputs the fuzzers found (fuzz/README.md), kept in the tree: scripts/fuzz.sh replays them under
+// ASan + UBSan, and the tests below replay them here, since CI does not fuzz.
+const fs::path kFuzzCrashes = fs::path(LLT_SOURCE_DIR) / "fuzz" / "crashes";
 
 using llt::testing::TempDir;
 
@@ -607,6 +613,20 @@ TEST(Weights, Llama2cHeaderClaimingAMillionLayersIsRefusedAtOnce) {
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(1));
 }
 
+TEST(Weights, KeptFuzzInputLlama2cClaiming131072LayersIsRefusedAtOnce) {
+  // fuzz/crashes/llama2c/: 76 bytes whose header claims 131072 layers. read_model_args reads the
+  // header alone; loading took 3.5 s to refuse it, making an entry per tensor first.
+  const fs::path path = kFuzzCrashes / "llama2c" / "slow-131072-layers-in-76-bytes.bin";
+  ASSERT_TRUE(fs::exists(path)) << path;
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(llt::read_model_args(path).n_layers, 131072);
+  const std::string error = input_error([&] { load(path); });
+  EXPECT_TRUE(contains(error, path.string())) << error;
+  EXPECT_TRUE(contains(error, "n_layers 131072")) << error;
+  EXPECT_TRUE(contains(error, "implies")) << error;
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(1));
+}
+
 // ---------------------------------------------------------------------------------------------
 // The zip directory of a .pth, checked by llt before LibTorch's zip reader sees the archive
 
@@ -769,4 +789,28 @@ TEST(Weights, RealStories260kLoadsAsATiedLlama2cModel) {
   // The file is the 28-byte header, every weight once (tied) and two (512, 4) freq_cis tables.
   const int64_t file_floats = (static_cast<int64_t>(fs::file_size(path)) - 28) / 4;
   EXPECT_EQ(loaded_numel, file_floats - 2 * 512 * 4);
+}
+
+TEST(TorchPickle, KeptFuzzInputListHoldingItselfIsRefusedAndFreed) {
+  // fuzz/crashes/pth_pickle/: PROTO 2, EMPTY_LIST, BINPUT 0, BINGET 0, APPEND, STOP: a list that
+  // holds itself. It leaked while values were shared_ptrs owning each other; the reader now owns
+  // them. Without ASan the leak shows in glibc's count of bytes in use (mallinfo2): a leaked
+  // value is over 100 bytes, so 1000 parses would leave over 100 KB behind.
+  const fs::path path = kFuzzCrashes / "pth_pickle" / "leak-list-holding-itself.pkl";
+  const std::string pickle = llt::read_file(path);
+  ASSERT_EQ(pickle, (std::string{'\x80', '\x02', ']', 'q', '\x00', 'h', '\x00', 'a', '.'}));
+  const std::string error = input_error([&] { llt::parse_torch_pickle(pickle, "self"); });
+  EXPECT_TRUE(contains(error, "self")) << error;
+  EXPECT_TRUE(contains(error, "expected a state dict")) << error;
+  const auto parse = [&] {
+    try {
+      llt::parse_torch_pickle(pickle, "self");
+    } catch (const llt::InputError&) {
+    }
+  };
+  parse();  // anything allocated once, on first use, is allocated by now
+  const auto before = static_cast<int64_t>(mallinfo2().uordblks);
+  for (int i = 0; i < 1000; ++i) parse();
+  const auto after = static_cast<int64_t>(mallinfo2().uordblks);
+  EXPECT_LT(after - before, 1000 * 16) << "bytes still in use after 1000 parses";
 }
