@@ -6,20 +6,37 @@
 # non-llt exception, except inputs listed in fuzz/known-libtorch.txt (crashes inside LibTorch,
 # recorded there and in fuzz/README.md). New crash inputs are left in
 # build-fuzz/artifacts/<target>/.
+# Not part of scripts/test.sh (CI's time budget): run it after changing a parser of user files,
+# at least that parser's target (fuzz/README.md). Installs what it needs (root, as install-deps.sh).
 # Usage: scripts/fuzz.sh [target...]      (default: every target; names as in fuzz/CMakeLists.txt)
-#        LLT_FUZZ_TIME=600 scripts/fuzz.sh pth     (one target, longer)
+#        LLT_FUZZ_TIME=300 scripts/fuzz.sh pth     (one target, longer)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fuzz_time=${LLT_FUZZ_TIME:-20}
 parallel=${LLT_FUZZ_PARALLEL:-2}
 build=build-fuzz
 
-cxx=$(command -v clang++-14 || command -v clang++ || true)
-cc=$(command -v clang-14 || command -v clang || true)
-if [[ -z $cxx || -z $cc ]]; then
-  echo "fuzz.sh: no clang++ (scripts/install-deps.sh installs clang-14)" >&2
-  exit 1
+# The build's packages (scripts/install-deps.sh, a second when present), then what only fuzzing
+# needs, installed here the same way (CI does not fuzz, so install-deps.sh leaves them out):
+# clang, libFuzzer with ASan/UBSan (libclang-rt-14-dev), llvm-symbolizer for the stacks.
+scripts/install-deps.sh
+packages=(clang-14 libclang-rt-14-dev llvm-14)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]} > 0)); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "fuzz.sh: missing packages (${missing[*]}); run this script as root" >&2
+    exit 1
+  fi
+  echo "fuzz.sh: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
+cxx=$(command -v clang++-14)
+cc=$(command -v clang-14)
 cmake -S fuzz -B "$build" -G Ninja -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_C_COMPILER="$cc" >/dev/null
 cmake --build "$build" -j "$(nproc)"
 
@@ -111,7 +128,8 @@ done
 ((${#recorded[@]} == 0)) || printf 'fuzz.sh: recorded: %s\n' "${recorded[@]}"
 if ((${#failed[@]} > 0)); then
   printf 'fuzz.sh: FAILED: %s\n' "${failed[@]}" >&2
-  echo "fuzz.sh: keep each new crash input in fuzz/crashes/<target>/ with its fix (fuzz/README.md)" >&2
+  echo "fuzz.sh: keep each new crash input in fuzz/crashes/<target>/ with its fix and a unit test" \
+    "reading it (fuzz/README.md)" >&2
   exit 1
 fi
 echo "fuzz.sh: ${#targets[@]} targets, ${fuzz_time}s each: no crash in llt's code"

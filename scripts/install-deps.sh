@@ -6,8 +6,6 @@ set -euo pipefail
 packages=(
   # build
   g++ cmake ninja-build pkg-config ccache git
-  # scripts/fuzz.sh: libFuzzer (in libclang-rt-14-dev), ASan/UBSan, llvm-symbolizer for stacks
-  clang-14 libclang-rt-14-dev llvm-14
   # scripts/build-cuda.sh unpacks the CUDA LibTorch wheels
   unzip
   # libraries
