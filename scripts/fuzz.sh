@@ -16,25 +16,9 @@ fuzz_time=${LLT_FUZZ_TIME:-20}
 parallel=${LLT_FUZZ_PARALLEL:-2}
 build=build-fuzz
 
-# The build's packages (scripts/install-deps.sh, a second when present), then what only fuzzing
-# needs, installed here the same way (CI does not fuzz, so install-deps.sh leaves them out):
-# clang, libFuzzer with ASan/UBSan (libclang-rt-14-dev), llvm-symbolizer for the stacks.
-scripts/install-deps.sh
-packages=(clang-14 libclang-rt-14-dev llvm-14)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]} > 0)); then
-  if [[ $(id -u) -ne 0 ]]; then
-    echo "fuzz.sh: missing packages (${missing[*]}); run this script as root" >&2
-    exit 1
-  fi
-  echo "fuzz.sh: installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q
-  apt-get install -y -q --no-install-recommends "${missing[@]}"
-fi
+# The build's packages and what only fuzzing needs (CI does not fuzz, so install-deps.sh leaves
+# them out unless named): clang, libFuzzer with ASan/UBSan (libclang-rt-14-dev), llvm-symbolizer.
+scripts/install-deps.sh clang-14 libclang-rt-14-dev llvm-14
 cxx=$(command -v clang++-14)
 cc=$(command -v clang-14)
 cmake -S fuzz -B "$build" -G Ninja -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_C_COMPILER="$cc" >/dev/null
