@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs every Debian 12 package llt's build, tests and demo need. Run as root.
+# Installs every Debian 12 package llt's build, tests and demo need, and the packages named as
+# arguments (scripts/fuzz.sh names clang's). Run as root.
 # Idempotent: when everything is present it only checks (no apt-get update), in about a second.
 set -euo pipefail
 
@@ -24,6 +25,7 @@ packages=(
   # a real one-node SLURM for the sbatch templates' tests (tests/slurm/)
   slurmctld slurmd slurm-client munge
 )
+packages+=("$@")
 
 missing=()
 for p in "${packages[@]}"; do

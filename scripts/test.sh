@@ -5,7 +5,8 @@
 # rehearses the GPU machine's check (scripts/gpu-check.sh --dry-run). Where the
 # CUDA build cannot be made (no nvcc, no PyPI) its half is skipped with a message, unless
 # LLT_REQUIRE_CUDA=1 (CI), which makes that a failure. Extra arguments go to both ctest runs
-# (e.g. -L slow, -R Tokenizer).
+# (e.g. -L slow, -R Tokenizer). It does not fuzz: scripts/fuzz.sh (8-10.5 min cold) would take
+# CI past its hour; the inputs the fuzzers found are unit tests in the suite (fuzz/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh

@@ -117,23 +117,23 @@ TEST(Dataset, ChecksTheCallersTokenizerAndModel) {
 TEST(Dataset, CorruptTruncatedOrMissingShardIsAClearError) {
   {
     const auto dir = copy_of_dataset("truncated");
-    const auto shard = dir / "shard-00001.h5";
+    const auto shard = dir / "shard-g1-00001.h5";
     const std::string bytes = llt::read_file(shard);
     std::ofstream(shard, std::ios::binary | std::ios::trunc).write(bytes.data(), bytes.size() / 2);
-    expect_input_error([&] { llt::Dataset::open(dir); }, {"shard-00001.h5", "sha256"});
+    expect_input_error([&] { llt::Dataset::open(dir); }, {"shard-g1-00001.h5", "sha256"});
   }
   {
     const auto dir = copy_of_dataset("corrupt");
-    const auto shard = dir / "shard-00002.h5";
+    const auto shard = dir / "shard-g1-00002.h5";
     std::string bytes = llt::read_file(shard);
     bytes[bytes.size() / 2] ^= 1;
     std::ofstream(shard, std::ios::binary | std::ios::trunc) << bytes;
-    expect_input_error([&] { llt::Dataset::open(dir); }, {"shard-00002.h5", "corrupt"});
+    expect_input_error([&] { llt::Dataset::open(dir); }, {"shard-g1-00002.h5", "corrupt"});
   }
   {
     const auto dir = copy_of_dataset("missing");
-    fs::remove(dir / "shard-00000.h5");
-    expect_input_error([&] { llt::Dataset::open(dir); }, {"shard-00000.h5", "missing"});
+    fs::remove(dir / "shard-g1-00000.h5");
+    expect_input_error([&] { llt::Dataset::open(dir); }, {"shard-g1-00000.h5", "missing"});
   }
   {
     const auto dir = copy_of_dataset("no_manifest");
@@ -154,12 +154,12 @@ TEST(Dataset, ShardAttributesMustAgreeWithTheManifest) {
   o.max_len = 256;
   o.threads = 1;
   llt::tools::run_tokenize(o, "other");
-  fs::copy_file(other / "shard-00000.h5", dir / "shard-00000.h5",
+  fs::copy_file(other / "shard-g1-00000.h5", dir / "shard-g1-00000.h5",
                 fs::copy_options::overwrite_existing);
   auto m = json::parse(llt::read_file(dir / "manifest.json"));
-  m["shards"][0]["sha256"] = llt::sha256_file(dir / "shard-00000.h5");
+  m["shards"][0]["sha256"] = llt::sha256_file(dir / "shard-g1-00000.h5");
   llt::write_file_atomic(dir / "manifest.json", m.dump(2), /*overwrite=*/true);
-  expect_input_error([&] { llt::Dataset::open(dir); }, {"shard-00000.h5", "max_len", "256"});
+  expect_input_error([&] { llt::Dataset::open(dir); }, {"shard-g1-00000.h5", "max_len", "256"});
 }
 
 // ----- the sampler

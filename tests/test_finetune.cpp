@@ -111,6 +111,10 @@ TEST(Finetune, LoraRunWritesTheRunFolderAndLowersTheLoss) {
                         "adapter-peft/adapter_model.safetensors", "checkpoints/step-36/state.json"}) {
     EXPECT_TRUE(fs::exists(fs::path(o.output) / f)) << f;
   }
+  // A llama2.c base has no Hub name: null, never the local path.
+  const auto peft = nlohmann::json::parse(
+      read_file(fs::path(o.output) / "adapter-peft" / "adapter_config.json"));
+  EXPECT_TRUE(peft["base_model_name_or_path"].is_null()) << peft["base_model_name_or_path"];
 }
 
 TEST(Finetune, AccumulationEqualsOneBigBatch) {
@@ -345,26 +349,34 @@ TEST(Validation, EvaluatesAtStepZeroEveryNStepsAndAtTheEnd) {
   EXPECT_EQ(eval_steps, steps);
 }
 
-TEST(Validation, TheLastEvaluationEqualsLltPerplexityOnTheAdapter) {
+// Both adapter folders of the run (llt's and the PEFT layout read back) give that value.
+TEST(Validation, TheLastEvaluationEqualsLltPerplexityOnEitherAdapter) {
   auto o = validated("eval_vs_perplexity");
   o.eval_every = 0;
   o.train.precision = Dtype::kBf16;  // the training's autocast; evaluation scores the weights'
                                      // own fp32, as llt-perplexity does
+  o.hf_base = "meta-llama/Llama-2-7b-hf";
   ASSERT_EQ(run_finetune(o), 0);
   const auto eval = records_with(metrics(o), "eval_loss");
   ASSERT_EQ(eval.size(), 2u) << "step 0 and the end";
-  PerplexityToolOptions p;
-  p.model.model = o.model.model;
-  p.model.threads = 1;
-  p.model.device = "cpu";
-  p.model.dtype = Dtype::kFp32;
-  p.model.adapter = (fs::path(o.output) / "adapter").string();
-  p.data = eval_dataset().string();
-  p.output = (temp_root() / "eval_vs_perplexity_ppl").string();
-  ASSERT_EQ(run_perplexity(p), 0);
-  const auto ppl = nlohmann::json::parse(read_file(fs::path(p.output) / "perplexity.json"));
-  EXPECT_EQ(eval.back()["eval_tokens"], ppl["tokens"]);
-  EXPECT_NEAR(eval.back()["eval_loss"].get<double>(), ppl["mean_nll"].get<double>(), 1e-12);
+  const auto peft = nlohmann::json::parse(
+      read_file(fs::path(o.output) / "adapter-peft" / "adapter_config.json"));
+  EXPECT_EQ(peft["base_model_name_or_path"], "meta-llama/Llama-2-7b-hf");
+  for (const char* adapter : {"adapter", "adapter-peft"}) {
+    PerplexityToolOptions p;
+    p.model.model = o.model.model;
+    p.model.threads = 1;
+    p.model.device = "cpu";
+    p.model.dtype = Dtype::kFp32;
+    p.model.adapter = (fs::path(o.output) / adapter).string();
+    p.data = eval_dataset().string();
+    p.output = (temp_root() / (std::string("eval_vs_perplexity_") + adapter)).string();
+    ASSERT_EQ(run_perplexity(p), 0) << adapter;
+    const auto ppl = nlohmann::json::parse(read_file(fs::path(p.output) / "perplexity.json"));
+    EXPECT_EQ(eval.back()["eval_tokens"], ppl["tokens"]) << adapter;
+    EXPECT_NEAR(eval.back()["eval_loss"].get<double>(), ppl["mean_nll"].get<double>(), 1e-12)
+        << adapter;
+  }
 }
 
 TEST(Validation, TrainingLossesAreIdenticalWithAndWithoutIt) {

@@ -1,6 +1,6 @@
 // LoRA: a fresh adapter leaves the logits bitwise unchanged; merging equals the unmerged adapter;
 // only adapter parameters train; the 7B trainable count; adapter save/load; the Hugging Face PEFT
-// export against tests/assets/lora/peft_export.json (data_prep/make_lora_goldens.py).
+// export against tests/assets/lora/peft_export.json (data_prep/make_lora_goldens.py) and read back.
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -14,6 +14,7 @@
 
 #include "test_support.h"
 #include "llt/errors.h"
+#include "llt/io.h"
 #include "llt/lora.h"
 #include "llt/model.h"
 #include "llt/safetensors.h"
@@ -24,6 +25,7 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
+using testing::expect_input_error;
 using testing::TempDir;
 
 Transformer tiny_model(uint64_t seed = 7) {
@@ -243,6 +245,43 @@ TEST(Lora, LoadRejectsBadAdapters) {
   EXPECT_THROW(load_adapter(dir.path, *small), InputError);
 }
 
+TEST(Lora, LoadRejectsNumbersOfTheWrongKindInTheConfig) {
+  // nlohmann's get<int64_t>() truncates 2.5 to 2 and is undefined behaviour on 1e300 (found by
+  // fuzz/fuzz_adapter.cpp): both must be refused, naming the file and the field.
+  TempDir dir;
+  auto model = tiny_model();
+  apply_lora(*model, LoraOptions{});
+  save_adapter(dir.path, *model, LoraOptions{});
+  const fs::path config_path = dir.path / "adapter_config.json";
+  const json good = json::parse(std::ifstream(config_path));
+  for (const auto& [key, value] : std::vector<std::pair<std::string, json>>{
+           {"rank", 2.5}, {"rank", 1e300}, {"format_version", 1e300}, {"n_layers", -1e19}}) {
+    SCOPED_TRACE(key + " = " + value.dump());
+    json bad = good;
+    bad[key] = value;
+    std::ofstream(config_path, std::ios::trunc) << bad.dump();
+    llt::testing::expect_input_error([&] { load_adapter(dir.path, *tiny_model()); },
+                                     {config_path.string(), "'" + key + "'"});
+  }
+}
+
+TEST(Lora, KeptFuzzInputFormatVersion1e300IsRefused) {
+  // fuzz/crashes/adapter/ (found by fuzz/fuzz_adapter.cpp): adapter_config.json, the fuzz
+  // target's part separator, adapter.safetensors (empty here).
+  const std::string input =
+      read_file(fs::path(LLT_SOURCE_DIR) / "fuzz/crashes/adapter/ub-format-version-1e300.bin");
+  const std::string separator = "\n--llt-fuzz-part--\n";  // fuzz/fuzz_input.h kPartSeparator
+  const size_t at = input.find(separator);
+  ASSERT_NE(at, std::string::npos);
+  TempDir dir;
+  std::ofstream(dir.path / "adapter_config.json", std::ios::binary) << input.substr(0, at);
+  std::ofstream(dir.path / "adapter.safetensors", std::ios::binary)
+      << input.substr(at + separator.size());
+  llt::testing::expect_input_error(
+      [&] { load_adapter(dir.path, *tiny_model()); },
+      {(dir.path / "adapter_config.json").string(), "'format_version'", "wrong type"});
+}
+
 TEST(Lora, PeftExportMatchesPythonReference) {
   std::ifstream in(fs::path(LLT_TEST_ASSETS) / "lora" / "peft_export.json");
   ASSERT_TRUE(in) << "missing tests/assets/lora/peft_export.json";
@@ -266,7 +305,7 @@ TEST(Lora, PeftExportMatchesPythonReference) {
     }
   }
   TempDir dir;
-  export_peft_adapter(dir.path, *model, options, "meta-llama/Llama-2-7b-hf");
+  export_peft_adapter(dir.path, *model, options, "meta-llama/Llama-2-7b-hf", model->args().n_layers);
 
   SafetensorsFile file(dir.path / "adapter_model.safetensors");
   std::map<std::string, std::vector<int64_t>> keys;
@@ -294,6 +333,126 @@ TEST(Lora, PeftExportMatchesPythonReference) {
   for (const auto& [key, value] : golden["adapter_config"].items()) {
     EXPECT_EQ(config.at(key), value) << key;
   }
+}
+
+
+// llt adapter -> PEFT layout -> llt: the same parameters bit for bit, so the same logits. The
+// tiny preset has grouped K/V heads (8 q, 4 kv): both q and k row permutations are undone.
+TEST(Lora, PeftAdapterRoundTripGivesIdenticalLogits) {
+  LoraOptions options = all_targets(3);
+  options.alpha = 12.5;
+  auto trained = tiny_model();
+  apply_lora(*trained, options);
+  randomize_b(*trained, 5);
+  trained->eval();
+  const auto expected = trained->forward(tokens());
+  TempDir dir;
+  export_peft_adapter(dir.path, *trained, options, "", trained->args().n_layers);
+  const json config = json::parse(read_file(dir.path / "adapter_config.json"));
+  EXPECT_TRUE(config["base_model_name_or_path"].is_null());
+  EXPECT_TRUE(config["lora_alpha"].is_number_float());
+  EXPECT_FALSE(config.contains("layers_to_transform"));
+
+  auto fresh = tiny_model();
+  const LoraOptions loaded = load_adapter(dir.path, *fresh);
+  EXPECT_EQ(loaded.rank, 3);
+  EXPECT_EQ(loaded.targets, options.targets);
+  EXPECT_DOUBLE_EQ(loaded.alpha, 12.5);
+  const auto a = lora_parameters(*trained), b = lora_parameters(*fresh);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_TRUE(bitwise_equal(a[i].second, b[i].second)) << a[i].first;
+  }
+  fresh->eval();
+  EXPECT_TRUE(bitwise_equal(fresh->forward(tokens()), expected));
+}
+
+// A model cut to its first block (--n-layers 1) exports layers_to_transform [0]; on the full
+// base, the block without an adapter gets B = 0 and the loaded model equals LoRA on block 0 only.
+TEST(Lora, PeftAdapterOfFewerLayersAdaptsOnlyThose) {
+  LoraOptions options = all_targets(2);
+  options.alpha = 8;
+  ModelArgs one = preset_args("tiny");
+  one.n_layers = 1;
+  Transformer small(one, torch::TensorOptions().dtype(torch::kFloat));
+  small->init_random(3);
+  apply_lora(*small, options);
+  randomize_b(*small, 9);
+  TempDir dir;
+  export_peft_adapter(dir.path, *small, options, "meta-llama/Llama-2-7b-hf", 2);
+  const json config = json::parse(read_file(dir.path / "adapter_config.json"));
+  EXPECT_EQ(config["layers_to_transform"], json::array({0}));
+  EXPECT_TRUE(config["lora_alpha"].is_number_integer()) << config["lora_alpha"];
+  EXPECT_EQ(config["base_model_name_or_path"], "meta-llama/Llama-2-7b-hf");
+
+  auto full = tiny_model();
+  load_adapter(dir.path, *full);
+  const auto from = lora_parameters(*small);
+  std::map<std::string, torch::Tensor> loaded;
+  for (const auto& [name, p] : lora_parameters(*full)) loaded[name] = p;
+  for (const auto& [name, p] : from) {
+    EXPECT_TRUE(bitwise_equal(loaded.at(name), p)) << name;
+  }
+  for (const auto& [name, p] : loaded) {
+    if (name.rfind("layers.1.", 0) == 0 && name.size() > 7 &&
+        name.substr(name.size() - 7) == ".lora_b") {
+      EXPECT_EQ(p.abs().max().item<float>(), 0.0f) << name;
+    }
+  }
+  // Block 1 left as the base: the same logits as the base with block 0 adapted by hand.
+  auto expected = tiny_model();
+  apply_lora(*expected, options);
+  {
+    torch::NoGradGuard no_grad;
+    std::map<std::string, torch::Tensor> mine;
+    for (const auto& [name, p] : lora_parameters(*expected)) mine[name] = p;
+    for (const auto& [name, p] : loaded) mine.at(name).copy_(p);
+  }
+  full->eval();
+  expected->eval();
+  EXPECT_TRUE(bitwise_equal(full->forward(tokens()), expected->forward(tokens())));
+}
+
+// What a Hugging Face PEFT adapter may hold that llt does not compute is refused by name.
+TEST(Lora, PeftAdaptersLltCannotComputeAreRefused) {
+  LoraOptions options = all_targets(2);
+  auto model = tiny_model();
+  apply_lora(*model, options);
+  TempDir dir;
+  export_peft_adapter(dir.path, *model, options, "", model->args().n_layers);
+  const fs::path config_path = dir.path / "adapter_config.json";
+  const json good = json::parse(read_file(config_path));
+  const std::vector<std::pair<json, std::string>> cases = {
+      {{{"use_dora", true}}, "'use_dora'"},
+      {{{"use_rslora", true}}, "'use_rslora'"},
+      {{{"bias", "lora_only"}}, "'bias'"},
+      {{{"lora_bias", true}}, "'lora_bias'"},
+      {{{"modules_to_save", json::array({"lm_head"})}}, "'modules_to_save'"},
+      {{{"rank_pattern", {{"q_proj", 8}}}}, "'rank_pattern'"},
+      {{{"alpha_pattern", {{"q_proj", 8}}}}, "'alpha_pattern'"},
+      {{{"peft_type", "PREFIX_TUNING"}}, "'peft_type'"},
+      {{{"target_modules", "q_proj|v_proj"}}, "'target_modules'"},
+      {{{"target_modules", json::array({"q_proj", "lm_head"})}}, "'lm_head'"},
+      {{{"layers_to_transform", json::array({0, 5})}}, "layer 5"},
+      {{{"r", 0}}, "rank"},
+  };
+  for (const auto& [patch, needle] : cases) {
+    json config = good;
+    config.update(patch);
+    write_file(config_path, config.dump());
+    expect_input_error([&] { load_adapter(dir.path, *tiny_model()); },
+                       {config_path.string(), needle});
+  }
+  // The weights of another rank than the config says.
+  json config = good;
+  config["r"] = 3;
+  write_file(config_path, config.dump());
+  expect_input_error([&] { load_adapter(dir.path, *tiny_model()); },
+                     {"adapter_model.safetensors", "lora_A.weight", "shape"});
+  // Neither weights file.
+  write_file(config_path, good.dump());
+  fs::remove(dir.path / "adapter_model.safetensors");
+  expect_input_error([&] { load_adapter(dir.path, *tiny_model()); }, {"adapter_model.safetensors"});
 }
 
 }  // namespace

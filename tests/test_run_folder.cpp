@@ -290,6 +290,25 @@ TEST_F(RunFolderTool, StatesThatDoNotFitTheRunAreRefused) {
   EXPECT_EQ(steps(run), (std::vector<int64_t>{1, 2, 3}));
 }
 
+// The samples decide a run's data, not the manifest's bytes: the same records tokenized again
+// elsewhere (another path as typed, command line, shard generation) resume the run.
+TEST_F(RunFolderTool, SameSamplesTokenizedAgainResumeTheRun) {
+  const fs::path run = dir_.path / "run";
+  ASSERT_EQ(finetune(run, "--max-steps 2").code, 0);
+  const fs::path again = dir_.path / "again";
+  for (const char* extra : {"", " --overwrite"}) {
+    const auto r = run_tool("llt-tokenize --tokenizer " + kStories + "/tok512.model --output " +
+                            again.string() + " --first 16 --max-len 320 --threads 1" + extra);
+    ASSERT_EQ(r.code, 0) << r.output;
+  }
+  ASSERT_NE(read_file(again / "manifest.json"), read_file(fs::path(data()) / "manifest.json"));
+  const auto r = run_tool("llt-finetune --model " + kStories + "/stories260K.bin --data " +
+                          again.string() + " --output " + run.string() +
+                          " --threads 1 --grad-accum 2 --log-every 0 --max-steps 3 --resume auto");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(steps(run), (std::vector<int64_t>{1, 2, 3}));
+}
+
 // A stop signal from the first moments on exits 75 (SLURM requeues it), never by the signal.
 TEST_F(RunFolderTool, StopSignalDuringStartUpExitsSeventyFive) {
   const std::string bin = std::string(LLT_BINARY_DIR) + "/bin/";

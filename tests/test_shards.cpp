@@ -245,7 +245,8 @@ TEST(Manifest, WriteThenReadPreservesEverything) {
   m.length_histogram.add(40);
   m.length_histogram.add(100);
   m.command_line = "llt-tokenize --output 'a b'";
-  m.shards = {{"shard-00000.h5", 8, 800, 10, std::string(64, 'c')}};
+  m.generation = 3;
+  m.shards = {{"shard-g3-00000.h5", 8, 800, 10, std::string(64, 'c')}};
   llt::write_manifest(dir, m);
   const llt::Manifest r = llt::read_manifest(dir);
   EXPECT_EQ(r.attributes.tokenizer_sha256, m.attributes.tokenizer_sha256);
@@ -269,7 +270,8 @@ TEST(Manifest, WriteThenReadPreservesEverything) {
   EXPECT_EQ(r.length_histogram.max, 100);
   EXPECT_EQ(r.command_line, m.command_line);
   ASSERT_EQ(r.shards.size(), 1u);
-  EXPECT_EQ(r.shards[0].file, "shard-00000.h5");
+  EXPECT_EQ(r.generation, 3);
+  EXPECT_EQ(r.shards[0].file, "shard-g3-00000.h5");
   EXPECT_EQ(r.shards[0].first_index, 10);
   EXPECT_EQ(r.shards[0].sha256, std::string(64, 'c'));
 }
@@ -283,11 +285,72 @@ TEST(Manifest, MissingOrMalformedIsAClearError) {
   expect_input_error([&] { llt::read_manifest(dir); }, {"format_version", "wrong type"});
   std::ofstream(dir / "manifest.json") << R"({"format_version": 1})";
   expect_input_error([&] { llt::read_manifest(dir); }, {"missing key 'template'"});
+  // Not truncated (2.5), not undefined behaviour (1e300; found by fuzz/fuzz_manifest.cpp).
+  for (const char* number : {"2.5", "1e300", "9223372036854775808"}) {
+    std::ofstream(dir / "manifest.json") << "{\"format_version\": " << number << "}";
+    expect_input_error([&] { llt::read_manifest(dir); }, {"format_version", "wrong type"});
+  }
+}
+
+TEST(Manifest, KeptFuzzInputVocabSize1e300IsRefused) {
+  // fuzz/crashes/manifest/ (found by fuzz/fuzz_manifest.cpp): a whole manifest whose vocab_size
+  // is 1e300, undefined behaviour in nlohmann's get<int64_t>() before json_holds.
+  const auto dir = fresh_dir("manifest_fuzz");
+  fs::copy_file(fs::path(LLT_SOURCE_DIR) / "fuzz/crashes/manifest/ub-vocab-size-1e300.json",
+                dir / "manifest.json");
+  expect_input_error([&] { llt::read_manifest(dir); },
+                     {"manifest.json", "'vocab_size'", "wrong type (number)"});
+}
+
+// A manifest that names a shard twice (trained twice an epoch) or a file outside the dataset
+// directory (issue 15, item 7) is refused naming manifest.json and the field.
+TEST(Manifest, ShardListedTwiceOrOutsideTheDirectoryIsRefused) {
+  const auto dir = fresh_dir("manifest_shards");
+  llt::Manifest m;
+  m.attributes = attributes();
+  const llt::ManifestShard a{"shard-g1-00000.h5", 3, 508, 7, std::string(64, 'c')};
+  auto with_files = [&](const std::vector<std::string>& files) {
+    m.shards.clear();
+    for (const auto& f : files) {
+      m.shards.push_back(a);
+      m.shards.back().file = f;
+    }
+    llt::write_manifest(dir, m);
+  };
+  with_files({"shard-g1-00000.h5", "shard-g1-00001.h5", "sub/../shard-g1-00002.h5"});
+  EXPECT_EQ(llt::read_manifest(dir).shards.size(), 3u);
+  const struct {
+    std::vector<std::string> files;
+    std::string needle;
+  } cases[] = {
+      {{"shard-g1-00000.h5", "shard-g1-00000.h5"}, "listed before"},
+      {{"shard-g1-00000.h5", "./shard-g1-00000.h5"}, "listed before"},
+      {{"../other/shard-g1-00000.h5"}, "inside the dataset directory"},
+      {{"sub/../../shard-g1-00000.h5"}, "inside the dataset directory"},
+      {{"/etc/passwd"}, "inside the dataset directory"},
+      {{""}, "inside the dataset directory"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.files.back());
+    with_files(c.files);
+    const std::string key = "shards[" + std::to_string(c.files.size() - 1) + "].file";
+    expect_input_error([&] { llt::read_manifest(dir); },
+                       {(dir / "manifest.json").string(), key, c.needle});
+  }
 }
 
 TEST(Shards, FileNames) {
-  EXPECT_EQ(llt::shard_file_name(0), "shard-00000.h5");
-  EXPECT_EQ(llt::shard_file_name(123), "shard-00123.h5");
+  EXPECT_EQ(llt::shard_file_name(1, 0), "shard-g1-00000.h5");
+  EXPECT_EQ(llt::shard_file_name(12, 123), "shard-g12-00123.h5");
+  EXPECT_EQ(llt::shard_file_generation("shard-g12-00123.h5"), 12);
+  EXPECT_EQ(llt::shard_file_generation("shard-g2-00000.h5.tmp"), 2);
+  EXPECT_EQ(llt::shard_file_generation("shard-00007.h5"), 0);  // named before generations
+  // The user's files, never taken for llt's.
+  for (const char* name : {"shard-notes.txt", "shard-g-00000.h5", "shard-g0-00000.h5",
+                           "shard-g1-0000.h5", "shard-g1-00000.h5.bak", "shard-g1x-00000.h5",
+                           "myshard-00000.h5", "shard-.h5", "manifest.json"}) {
+    EXPECT_EQ(llt::shard_file_generation(name), -1) << name;
+  }
 }
 
 }  // namespace

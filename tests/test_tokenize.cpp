@@ -2,7 +2,9 @@
 // the stanford_alpaca recipe run in Python (tests/assets/alpaca/README.md), the segment cache
 // equals plain SentencePiece, bad input fails cleanly (or is skipped and listed), output does not
 // depend on the thread count, and the tool's exit codes.
+#include <algorithm>
 #include <array>
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -10,13 +12,18 @@
 #include <thread>
 #include <vector>
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "test_support.h"
 #include "llt/alpaca.h"
+#include "llt/dataset.h"
 #include "llt/encode_cache.h"
 #include "llt/errors.h"
 #include "llt/io.h"
@@ -99,6 +106,10 @@ std::string digest(const std::vector<T>& values, int width) {
     for (int b = 0; b < width; ++b) bytes.push_back(static_cast<char>((u >> (8 * b)) & 0xFF));
   }
   return llt::sha256_hex(bytes);
+}
+
+int count_lines(const std::string& s) {
+  return static_cast<int>(std::count(s.begin(), s.end(), '\n'));
 }
 
 std::string prompt_of(const llt::AlpacaRecord& r) {
@@ -335,10 +346,11 @@ TEST(LltTokenize, ShardsCarryAttributesAndFirstIndex) {
   ASSERT_EQ(llt::tools::run_tokenize(o, "test"), 0);
   const auto m = llt::read_manifest(dir / "out");
   ASSERT_EQ(m.shards.size(), 4u);  // 64 + 64 + 64 + 8
+  EXPECT_EQ(m.generation, 1);      // the first run in this folder
   int64_t samples = 0;
   for (size_t i = 0; i < m.shards.size(); ++i) {
     const auto s = llt::read_shard(dir / "out" / m.shards[i].file);
-    EXPECT_EQ(m.shards[i].file, llt::shard_file_name(static_cast<int64_t>(i)));
+    EXPECT_EQ(m.shards[i].file, llt::shard_file_name(1, static_cast<int64_t>(i)));
     EXPECT_EQ(s.attributes.first_index, m.shards[i].first_index);
     EXPECT_EQ(s.attributes.first_index, s.data.source_indices.front());
     EXPECT_EQ(s.attributes.max_len, 256);
@@ -406,6 +418,12 @@ TEST(LltTokenize, BadSelectionsAreRefused) {
   o = options(dir / "out");
   o.splits = {"a=0:10", "a=10:20"};
   expect_input_error([&] { llt::tools::run_tokenize(o, ""); }, {"'a' is used twice"});
+  o = options(dir / "out");
+  o.splits = {"train=0:200", "eval=150:260"};  // records 150..199 would be in both
+  expect_input_error([&] { llt::tools::run_tokenize(o, ""); },
+                     {"--split 'train=0:200'", "--split 'eval=150:260'", "overlap", "[150, 200)"});
+  o.splits = {"eval=200:260", "a=10:20", "train=0:201"};
+  expect_input_error([&] { llt::tools::run_tokenize(o, ""); }, {"overlap", "[200, 201)"});
   o = options(dir / "out");
   o.splits = {"train=4000:6000"};
   expect_input_error([&] { llt::tools::run_tokenize(o, ""); }, {"[4000, 6000)"});
@@ -529,7 +547,88 @@ TEST(LltTokenize, AllSamplesDroppedIsAnError) {
   EXPECT_FALSE(fs::exists(dir / "out"));
 }
 
+// One huge record (issue 15, item 10: a 50 MB one took 7.6 GiB to tokenize into a 512-token
+// sample) is refused before any tokenizing, naming the file, the record and the flag;
+// --on-bad-record skip drops it, and a record of exactly --max-record-bytes is kept.
+TEST(LltTokenize, RecordOverMaxRecordBytesIsRefusedNamingFileRecordAndFlag) {
+  const auto dir = fresh_dir("huge");
+  const auto input = dir / "huge.jsonl";
+  const std::string huge(2 << 20, 'a');  // 2 MiB, over the default 1 MiB
+  std::ofstream(input, std::ios::binary)
+      << kGood << "\n"
+      << R"({"instruction": "Say", "input": "", "output": ")" << huge << "\"}\n"
+      << kGood << "\n";
+  auto o = options(dir / "out");
+  o.input = input.string();
+  expect_input_error([&] { llt::tools::run_tokenize(o, ""); },
+                     {input.string(), "record 1", "--max-record-bytes", "2097155", "1048576"});
+  EXPECT_FALSE(fs::exists(o.output));
+  o.on_bad_record = OnBadRecord::kSkip;
+  o.max_record_bytes = 8;  // kGood: "Say hi" + "" + "Hi"
+  ASSERT_EQ(llt::tools::run_tokenize(o, "test"), 0);
+  const auto m = llt::read_manifest(o.output);
+  EXPECT_EQ(m.skipped_bad_records, 1);
+  ASSERT_EQ(m.bad_records.size(), 1u);
+  EXPECT_EQ(m.bad_records[0].index, 1);
+  EXPECT_EQ(read_all(o.output).source_indices, (std::vector<int64_t>{0, 2}));
+}
+
+// The bytes the process's address space spans now (VmSize).
+rlim_t address_space_bytes() {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind("VmSize:", 0) == 0) return std::stoull(line.substr(7)) << 10;  // kB
+  }
+  return 0;
+}
+
+// Out of memory inside SentencePiece (issue 15, item 8) is exit 3 naming memory, not a failure of
+// the tokenizer. A child caps its address space 384 MiB above what it spans, then tokenizes one
+// record whose output is one 16 MiB segment (no whitespace: SentencePiece gets it whole and needs
+// far more than that for it).
+TEST(LltTokenize, OutOfMemoryInSentencePieceExitsThreeNamingMemory) {
+  const auto dir = fresh_dir("oom");
+  const std::string log = (dir / "log").string();
+  std::vector<llt::AlpacaRecord> records(1);
+  records[0].instruction = "Repeat";
+  for (int i = 0; i < (16 << 20); ++i)
+    records[0].output.push_back("abcdefghijklmnopqrstuvwxyz"[i % 26]);
+  const llt::Tokenizer& tokenizer = llama2();
+  const rlim_t cap = address_space_bytes() + (rlim_t{384} << 20);
+  ASSERT_GT(cap, rlim_t{384} << 20);
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(fd, 2);
+    const rlimit limit{cap, cap};
+    setrlimit(RLIMIT_AS, &limit);
+    try {
+      llt::tools::tokenize_records(records, {0}, tokenizer, 512, /*threads=*/1);
+      _exit(0);
+    } catch (const std::exception& e) {
+      _exit(llt::report_exception("llt-tokenize", e));  // what tool_main does
+    }
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  const std::string output = llt::read_file(log);
+  ASSERT_TRUE(WIFEXITED(status)) << "signal " << WTERMSIG(status) << ": " << output;
+  EXPECT_EQ(WEXITSTATUS(status), 3) << output;
+  EXPECT_NE(output.find("out of host memory in SentencePiece encode"), std::string::npos) << output;
+  EXPECT_EQ(output.find("failed"), std::string::npos) << output;
+  EXPECT_EQ(count_lines(output), 1) << output;
+}
+
 // ----- output directory
+
+// The names in `dir`, sorted.
+std::vector<std::string> file_names(const fs::path& dir) {
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir)) names.push_back(e.path().filename());
+  std::sort(names.begin(), names.end());
+  return names;
+}
 
 TEST(LltTokenize, ExistingOutputIsRefusedUnlessOverwrite) {
   const auto dir = fresh_dir("overwrite");
@@ -538,6 +637,7 @@ TEST(LltTokenize, ExistingOutputIsRefusedUnlessOverwrite) {
   o.samples_per_shard = 100;
   ASSERT_EQ(llt::tools::run_tokenize(o, "first"), 0);
   std::ofstream(dir / "out" / "notes.txt") << "mine\n";
+  std::ofstream(dir / "out" / "shard-notes.txt") << "mine too, though it starts like a shard\n";
   const std::string before = llt::read_file(dir / "out" / "manifest.json");
   o.first = 50;
   expect_input_error([&] { llt::tools::run_tokenize(o, "second"); }, {"already exists", "--overwrite"});
@@ -547,11 +647,11 @@ TEST(LltTokenize, ExistingOutputIsRefusedUnlessOverwrite) {
   const auto m = llt::read_manifest(dir / "out");
   EXPECT_EQ(m.samples, 50);
   EXPECT_EQ(m.command_line, "second");
-  std::vector<std::string> names;
-  for (const auto& e : fs::directory_iterator(dir / "out")) names.push_back(e.path().filename());
-  std::sort(names.begin(), names.end());
-  // The old shards 1 and 2 are gone, no temp file is left, the user's file is kept.
-  EXPECT_EQ(names, (std::vector<std::string>{"manifest.json", "notes.txt", "shard-00000.h5"}));
+  EXPECT_EQ(m.generation, 2);
+  // The old shards (generation 1) are gone, no temp file is left, the user's files are kept.
+  EXPECT_EQ(file_names(dir / "out"),
+            (std::vector<std::string>{"manifest.json", "notes.txt", "shard-g2-00000.h5",
+                                      "shard-notes.txt"}));
   // An empty directory is not "existing output".
   fs::create_directories(dir / "empty");
   auto e = options(dir / "empty");
@@ -561,10 +661,6 @@ TEST(LltTokenize, ExistingOutputIsRefusedUnlessOverwrite) {
 
 // ----- the binary
 
-
-int count_lines(const std::string& s) {
-  return static_cast<int>(std::count(s.begin(), s.end(), '\n'));
-}
 
 TEST(LltTokenizeTool, WritesADatasetAndRecordsTheCommandLine) {
   const auto dir = fresh_dir("tool");
@@ -592,6 +688,8 @@ TEST(LltTokenizeTool, BadUsageAndInputAreOneLineAndExitOne) {
       tok + " --output " + (dir / "c").string() + " --max-len 1",
       tok + " --output " + (dir / "d").string() + " --on-bad-record maybe",
       tok + " --output " + (dir / "e").string() + " --split train",
+      tok + " --output " + (dir / "e").string() + " --max-record-bytes 0",
+      tok + " --output " + (dir / "e").string() + " --split a=0:10 --split b=5:20",
       tok + " --output " + (dir / "f").string() + " --input /nonexistent.json",
       tok + " --output " + (dir / "existing").string() + " --first 5",
       " --tokenizer " + kAlpaca.string() + " --output " + (dir / "g").string(),  // not a model
@@ -607,12 +705,166 @@ TEST(LltTokenizeTool, BadUsageAndInputAreOneLineAndExitOne) {
   for (const char* name : {"a", "b", "c", "d", "e", "f", "g"}) EXPECT_FALSE(fs::exists(dir / name));
 }
 
+// Starts bin/llt-tokenize `args` (no shell) in a child, its stdout and stderr going to `log`.
+// `max_file_bytes` > 0 caps every file it writes (RLIMIT_FSIZE, SIGXFSZ ignored): a write past
+// the cap fails with EFBIG, as one on a full disk fails with ENOSPC.
+pid_t start_tokenize(const std::vector<std::string>& args, const fs::path& log,
+                     rlim_t max_file_bytes = 0) {
+  std::vector<std::string> all = {std::string(LLT_BINARY_DIR) + "/bin/llt-tokenize"};
+  all.insert(all.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : all) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const std::string log_path = log.string();
+  const pid_t pid = fork();
+  if (pid == 0) {  // async-signal-safe calls only, up to exec
+    const int fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(fd, 1);
+    dup2(fd, 2);
+    if (max_file_bytes > 0) {
+      signal(SIGXFSZ, SIG_IGN);
+      const rlimit limit{max_file_bytes, max_file_bytes};
+      setrlimit(RLIMIT_FSIZE, &limit);
+    }
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+// Waits for the child: its exit code (minus the signal's number if a signal ended it) and output.
+llt::testing::ToolRun finish(pid_t pid, const fs::path& log) {
+  int status = 0;
+  waitpid(pid, &status, 0);
+  llt::testing::ToolRun r;
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+  r.output = llt::read_file(log);
+  return r;
+}
+
+// Two splits into `out`: train's shard (20 samples, 16 KiB) fits in 32 KiB, eval's (260 samples,
+// 45 KiB) does not.
+std::vector<std::string> two_splits(const fs::path& out) {
+  return {"--tokenizer", kLlama2.string(), "--output",   out.string(), "--threads",
+          "2",           "--split",        "train=0:20", "--split",    "eval=20:280"};
+}
+
+// A write failing mid-run (issue 15, item 2; it was a segfault, exit 139, in HDF5's shutdown,
+// with train/ left looking finished): exit 2 with one line naming `failed_file` and the system's
+// reason, no manifest for train/, and the folders the run made are gone.
+void expect_clean_write_failure(const llt::testing::ToolRun& r, const fs::path& out,
+                                const fs::path& failed_file, const std::string& reason) {
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_EQ(count_lines(r.output), 1) << r.output;
+  EXPECT_NE(r.output.find("error: " + failed_file.string()), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find(reason), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(out / "train" / "manifest.json"));
+  EXPECT_FALSE(fs::exists(out));
+}
+
+// A folder on a tmpfs with mount `options` ("size=32k"), unmounted when it goes out of scope;
+// `mounted` is false where mounting is not possible (not root, or no CAP_SYS_ADMIN in a container).
+struct SmallDisk {
+  fs::path path;
+  bool mounted = false;
+  SmallDisk(fs::path where, const std::string& options) : path(std::move(where)) {
+    fs::create_directories(path);
+    mounted = geteuid() == 0 && mount("tmpfs", path.c_str(), "tmpfs", 0, options.c_str()) == 0;
+  }
+  ~SmallDisk() {
+    if (mounted) umount2(path.c_str(), MNT_DETACH);
+  }
+};
+
+TEST(LltTokenizeTool, FullDiskExitsTwoAndLeavesNoSplitLookingFinished) {
+  const auto dir = fresh_dir("full_disk");
+  {
+    const SmallDisk disk(dir / "disk32", "size=32k");  // full while writing eval's shard
+    if (!disk.mounted) {
+      GTEST_SKIP() << "cannot mount a tmpfs here (needs root); "
+                   << "FileSizeLimitExitsTwoAndLeavesNoSplitLookingFinished covers a failed write";
+    }
+    const auto out = disk.path / "data";
+    const pid_t pid = start_tokenize(two_splits(out), dir / "log32");
+    expect_clean_write_failure(finish(pid, dir / "log32"), out, out / "eval/shard-g1-00000.h5",
+                               "No space left on device");
+  }
+  {
+    const SmallDisk disk(dir / "disk64", "size=64k");  // both shards fit, full while committing
+    const auto out = disk.path / "data";
+    const pid_t pid = start_tokenize(two_splits(out), dir / "log64");
+    expect_clean_write_failure(finish(pid, dir / "log64"), out, out, "No space left on device");
+  }
+  {
+    // No inode left for eval's shard: opening it fails (ENOSPC), which is exit 2 too. The 5 are
+    // the mount's root, data/, train/, eval/ and train's shard.
+    const SmallDisk disk(dir / "inodes", "size=1m,nr_inodes=5");
+    const auto out = disk.path / "data";
+    const pid_t pid = start_tokenize(two_splits(out), dir / "log_inodes");
+    expect_clean_write_failure(finish(pid, dir / "log_inodes"), out, out / "eval/shard-g1-00000.h5",
+                               "No space left on device");
+  }
+}
+
+TEST(LltTokenizeTool, FileSizeLimitExitsTwoAndLeavesNoSplitLookingFinished) {
+  const auto dir = fresh_dir("file_size");
+  const auto out = dir / "data";
+  const pid_t pid = start_tokenize(two_splits(out), dir / "log", rlim_t{32} << 10);
+  expect_clean_write_failure(finish(pid, dir / "log"), out, out / "eval/shard-g1-00000.h5",
+                             "File too large");
+}
+
+// An interrupted --overwrite (issue 15, item 3; shards were replaced one by one) leaves the
+// previous dataset valid: a child rewriting the folder is killed as soon as its first new shard
+// exists; the old manifest and every shard it names are intact, and so is the user's file. The next
+// run commits and clears the killed run's leftovers.
+TEST(LltTokenizeTool, KilledOverwriteLeavesThePreviousDatasetValid) {
+  const auto dir = fresh_dir("killed_overwrite");
+  const auto out = dir / "data";
+  auto o = options(out);
+  o.first = 280;
+  o.samples_per_shard = 100;
+  ASSERT_EQ(llt::tools::run_tokenize(o, "old"), 0);
+  std::ofstream(out / "notes.txt") << "mine\n";
+  const std::string manifest = llt::read_file(out / "manifest.json");
+  const auto new_shards = [&] {
+    int n = 0;
+    for (const auto& name : file_names(out)) n += llt::shard_file_generation(name) == 2;
+    return n;
+  };
+  // 4,996 shards of one sample each: the run is far from its commit when its first shard appears.
+  const pid_t pid =
+      start_tokenize({"--tokenizer", kLlama2.string(), "--output", out.string(), "--overwrite",
+                      "--on-bad-record", "skip", "--samples-per-shard", "1", "--threads", "2"},
+                     dir / "log");
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(2);
+  siginfo_t info{};
+  while (new_shards() == 0 && std::chrono::steady_clock::now() < deadline &&
+         waitid(P_PID, pid, &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info.si_pid == 0) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  kill(pid, SIGKILL);
+  const auto r = finish(pid, dir / "log");
+  ASSERT_EQ(r.code, -SIGKILL) << "the run ended before it was killed: " << r.output;
+  EXPECT_GT(new_shards(), 0);
+  EXPECT_EQ(llt::read_file(out / "manifest.json"), manifest);
+  EXPECT_EQ(llt::Dataset::open(out).size(), 280);  // every shard's sha256 checked
+  EXPECT_EQ(llt::read_file(out / "notes.txt"), "mine\n");
+
+  o.first = 50;
+  o.overwrite = true;
+  ASSERT_EQ(llt::tools::run_tokenize(o, "new"), 0);
+  EXPECT_EQ(llt::read_manifest(out).generation, 3);  // above the killed run's leftovers
+  EXPECT_EQ(file_names(out),
+            (std::vector<std::string>{"manifest.json", "notes.txt", "shard-g3-00000.h5"}));
+}
+
 TEST(LltTokenizeTool, HelpExitsZero) {
   const auto r = run("--help");
   EXPECT_EQ(r.code, 0);
-  for (const char* flag :
-       {"--input", "--tokenizer", "--output", "--max-len", "--skip", "--first", "--split",
-        "--samples-per-shard", "--on-bad-record", "--overwrite", "--threads", "--config"}) {
+  for (const char* flag : {"--input", "--tokenizer", "--output", "--max-len", "--skip", "--first",
+                           "--split", "--samples-per-shard", "--max-record-bytes",
+                           "--on-bad-record", "--overwrite", "--threads", "--config"}) {
     EXPECT_NE(r.output.find(flag), std::string::npos) << flag;
   }
 }

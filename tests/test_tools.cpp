@@ -109,6 +109,24 @@ TEST(LltGenerate, BadInputIsOneLineAndExitOne) {
   }
 }
 
+TEST(LltGenerate, PthWithABadZipDirectoryIsOneLineAndExitOne) {
+  const auto dir = fresh_dir("badzip");
+  const fs::path meta = std::string(LLT_TEST_ASSETS) + "/checkpoints/meta_bf16";
+  fs::create_directories(dir / "model");
+  fs::copy_file(meta / "params.json", dir / "model" / "params.json");
+  std::string bytes = llt::read_file(meta / "consolidated.00.pth");
+  const size_t end = bytes.rfind(std::string("PK\x05\x06", 4));
+  ASSERT_NE(end, std::string::npos);
+  bytes[end + 19] = '\x7f';  // the central directory's offset, now far past the end of the file
+  const fs::path shard = dir / "model" / "consolidated.00.pth";
+  std::ofstream(shard, std::ios::binary) << bytes;
+  const auto r = run("llt-generate --model " + (dir / "model").string() + " --tokenizer " +
+                     kStories + "/tok512.model --prompt hi");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_EQ(count_lines(r.output), 1) << r.output;
+  EXPECT_NE(r.output.find(shard.string()), std::string::npos) << r.output;
+}
+
 TEST(LltGenerate, HelpExitsZero) {
   const auto r = run("llt-generate --help");
   EXPECT_EQ(r.code, 0);
@@ -437,6 +455,7 @@ const std::vector<RangeCase> kRangeCases = {
     {"llt-tokenize", "--skip", "-1", "must be >= 0, got -1"},
     {"llt-tokenize", "--first", "-1", "must be >= 0, got -1"},
     {"llt-tokenize", "--samples-per-shard", "0", "must be >= 1, got 0"},
+    {"llt-tokenize", "--max-record-bytes", "0", "must be >= 1, got 0"},
     {"llt-tokenize", "--threads", "-1", "must be >= 0, got -1"},
     {"llt-finetune", "--threads", "-1", "must be >= 0, got -1"},
     {"llt-finetune", "--eval-every", "-1", "must be >= 0, got -1"},

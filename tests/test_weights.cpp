@@ -3,7 +3,10 @@
 // to the Python reference weights and gives identical logits; format detection from content;
 // n_layers reads only the kept layers; Meta's and HF's quirks; and every malformed input is an
 // InputError naming the file.
+#include <malloc.h>
+
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -19,6 +22,7 @@
 
 #include "test_support.h"
 #include "llt/errors.h"
+#include "llt/io.h"
 #include "llt/pth.h"
 #include "llt/safetensors.h"
 #include "llt/weight_names.h"
@@ -30,6 +34,9 @@ using llt::WeightsFormat;
 namespace {
 
 const fs::path kAssets = fs::path(LLT_TEST_ASSETS) / "checkpoints";
+// Inputs the fuzzers found (fuzz/README.md), kept in the tree: scripts/fuzz.sh replays them under
+// ASan + UBSan, and the tests below replay them here, since CI does not fuzz.
+const fs::path kFuzzCrashes = fs::path(LLT_SOURCE_DIR) / "fuzz" / "crashes";
 
 using llt::testing::TempDir;
 
@@ -590,6 +597,111 @@ TEST(Weights, CorruptPthAndLlama2cFilesAreInputErrors) {
   EXPECT_TRUE(contains(error, "version >= 1")) << error;
 }
 
+TEST(Weights, Llama2cHeaderClaimingAMillionLayersIsRefusedAtOnce) {
+  // 76 bytes claiming 2^20 - 1 layers: the implied size is checked before one entry per tensor
+  // is made (which took 3.5 s for 2^17 layers; found by fuzz/fuzz_llama2c.cpp).
+  TempDir dir;
+  const int32_t header[7] = {32, 48, (1 << 20) - 1, 4, 2, 64, 32};
+  const fs::path path = dir.path / "claims.bin";
+  std::ofstream out(path, std::ios::binary);
+  out.write(reinterpret_cast<const char*>(header), sizeof(header));
+  out << std::string(48, '\0');
+  out.close();
+  const auto start = std::chrono::steady_clock::now();
+  const std::string error = input_error([&] { load(path); });
+  EXPECT_TRUE(contains(error, "implies")) << error;
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(1));
+}
+
+TEST(Weights, KeptFuzzInputLlama2cClaiming131072LayersIsRefusedAtOnce) {
+  // fuzz/crashes/llama2c/: 76 bytes whose header claims 131072 layers. read_model_args reads the
+  // header alone; loading took 3.5 s to refuse it, making an entry per tensor first.
+  const fs::path path = kFuzzCrashes / "llama2c" / "slow-131072-layers-in-76-bytes.bin";
+  ASSERT_TRUE(fs::exists(path)) << path;
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(llt::read_model_args(path).n_layers, 131072);
+  const std::string error = input_error([&] { load(path); });
+  EXPECT_TRUE(contains(error, path.string())) << error;
+  EXPECT_TRUE(contains(error, "n_layers 131072")) << error;
+  EXPECT_TRUE(contains(error, "implies")) << error;
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(1));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The zip directory of a .pth, checked by llt before LibTorch's zip reader sees the archive
+
+namespace {
+
+std::string read_bytes(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+void put_le(std::string& bytes, size_t at, uint64_t value, int n) {
+  for (int i = 0; i < n; ++i) bytes[at + i] = static_cast<char>((value >> (8 * i)) & 0xff);
+}
+
+}  // namespace
+
+TEST(Pth, EveryFixtureArchivePassesTheZipDirectoryCheck) {
+  for (const auto& entry : fs::recursive_directory_iterator(kAssets)) {
+    const auto ext = entry.path().extension();
+    if (ext != ".pth" && entry.path().filename() != "pytorch_model.bin") continue;
+    SCOPED_TRACE(entry.path().string());
+    EXPECT_NO_THROW(llt::check_zip_directory(entry.path()));
+  }
+}
+
+TEST(Pth, BadZipDirectoriesAreOneLineInputErrorsNamingTheFile) {
+  TempDir dir;
+  const std::string good = read_bytes(kAssets / "meta_bf16" / "consolidated.00.pth");
+  const size_t end = good.rfind(std::string("PK\x05\x06", 4));     // end of central directory
+  const size_t central = good.find(std::string("PK\x01\x02", 4));  // its first entry, data.pkl
+  ASSERT_NE(end, std::string::npos);
+  ASSERT_NE(central, std::string::npos);
+  struct Case {
+    std::string what;
+    std::function<void(std::string&)> damage;
+    std::string needle;
+  };
+  const Case cases[] = {
+      {"directory past the end", [&](std::string& b) { put_le(b, end + 16, b.size() + 99, 4); },
+       "central directory"},
+      {"directory size too large", [&](std::string& b) { put_le(b, end + 12, 1 << 20, 4); },
+       "central directory"},
+      {"more entries than the directory holds",
+       [&](std::string& b) {
+         put_le(b, end + 8, 5000, 2);
+         put_le(b, end + 10, 5000, 2);
+       },
+       "5000 entries"},
+      {"local header inside the directory", [&](std::string& b) { put_le(b, central + 42, end, 4); },
+       "local header"},
+      {"entry larger than the file",
+       [&](std::string& b) {
+         put_le(b, central + 20, 1 << 30, 4);
+         put_le(b, central + 24, 1 << 30, 4);
+       },
+       "run past"},
+      {"compressed entry", [&](std::string& b) { put_le(b, central + 10, 8, 2); }, "compressed"},
+      {"name with ..", [&](std::string& b) { b.replace(central + 46, 3, "../"); }, "'..'"},
+      {"no end record", [&](std::string& b) { b.resize(end); }, "no end of central directory"},
+  };
+  for (size_t i = 0; i < std::size(cases); ++i) {
+    SCOPED_TRACE(cases[i].what);
+    std::string bytes = good;
+    cases[i].damage(bytes);
+    const fs::path path = dir.path / ("bad" + std::to_string(i) + ".pth");
+    std::ofstream(path, std::ios::binary) << bytes;
+    llt::testing::expect_input_error([&] { llt::PthFile file(path); },
+                                     {path.string(), "not a readable torch.save zip archive",
+                                      cases[i].needle});
+  }
+  const fs::path copy = dir.path / "good.pth";
+  std::ofstream(copy, std::ios::binary) << good;
+  EXPECT_EQ(llt::PthFile(copy).tensors().size(), 2u + 2u * 9u + 2u);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The pickle reader on its own
 
@@ -677,4 +789,28 @@ TEST(Weights, RealStories260kLoadsAsATiedLlama2cModel) {
   // The file is the 28-byte header, every weight once (tied) and two (512, 4) freq_cis tables.
   const int64_t file_floats = (static_cast<int64_t>(fs::file_size(path)) - 28) / 4;
   EXPECT_EQ(loaded_numel, file_floats - 2 * 512 * 4);
+}
+
+TEST(TorchPickle, KeptFuzzInputListHoldingItselfIsRefusedAndFreed) {
+  // fuzz/crashes/pth_pickle/: PROTO 2, EMPTY_LIST, BINPUT 0, BINGET 0, APPEND, STOP: a list that
+  // holds itself. It leaked while values were shared_ptrs owning each other; the reader now owns
+  // them. Without ASan the leak shows in glibc's count of bytes in use (mallinfo2): a leaked
+  // value is over 100 bytes, so 1000 parses would leave over 100 KB behind.
+  const fs::path path = kFuzzCrashes / "pth_pickle" / "leak-list-holding-itself.pkl";
+  const std::string pickle = llt::read_file(path);
+  ASSERT_EQ(pickle, (std::string{'\x80', '\x02', ']', 'q', '\x00', 'h', '\x00', 'a', '.'}));
+  const std::string error = input_error([&] { llt::parse_torch_pickle(pickle, "self"); });
+  EXPECT_TRUE(contains(error, "self")) << error;
+  EXPECT_TRUE(contains(error, "expected a state dict")) << error;
+  const auto parse = [&] {
+    try {
+      llt::parse_torch_pickle(pickle, "self");
+    } catch (const llt::InputError&) {
+    }
+  };
+  parse();  // anything allocated once, on first use, is allocated by now
+  const auto before = static_cast<int64_t>(mallinfo2().uordblks);
+  for (int i = 0; i < 1000; ++i) parse();
+  const auto after = static_cast<int64_t>(mallinfo2().uordblks);
+  EXPECT_LT(after - before, 1000 * 16) << "bytes still in use after 1000 parses";
 }

@@ -114,7 +114,7 @@ std::string json_type(const nlohmann::json& j) {
 }
 
 // Fills `record` from a parsed JSON value, or returns why it cannot be used.
-bool read_record(const nlohmann::json& j, const Utf8Scrub& scrub, int64_t index,
+bool read_record(const nlohmann::json& j, const Utf8Scrub& scrub, int64_t max_bytes, int64_t index,
                  AlpacaRecord& record, BadRecord& bad) {
   bad = BadRecord{index, "", ""};
   if (!j.is_object()) {
@@ -144,14 +144,22 @@ bool read_record(const nlohmann::json& j, const Utf8Scrub& scrub, int64_t index,
     bad.reason = "empty";
     return false;
   }
+  const size_t bytes = record.instruction.size() + record.input.size() + record.output.size();
+  if (max_bytes > 0 && bytes > static_cast<size_t>(max_bytes)) {
+    bad.field = "";
+    bad.reason = "instruction + input + output are " + std::to_string(bytes) +
+                 " bytes, over the limit of " + std::to_string(max_bytes) + " (--max-record-bytes)";
+    return false;
+  }
   return true;
 }
 
-void add_record(AlpacaFile& out, const nlohmann::json& j, const Utf8Scrub& scrub) {
+void add_record(AlpacaFile& out, const nlohmann::json& j, const Utf8Scrub& scrub,
+                int64_t max_bytes) {
   const auto index = static_cast<int64_t>(out.records.size());
   AlpacaRecord record;
   BadRecord bad;
-  if (read_record(j, scrub, index, record, bad)) {
+  if (read_record(j, scrub, max_bytes, index, record, bad)) {
     out.records.push_back(std::move(record));
   } else {
     out.records.emplace_back();
@@ -169,7 +177,8 @@ std::string syntax_error(const Utf8Scrub& scrub, const nlohmann::json::parse_err
   return "invalid JSON at " + line_column(scrub.text, offset) + ": " + parse_reason(e);
 }
 
-void parse_json_array(const Utf8Scrub& scrub, const std::string& file, AlpacaFile& out) {
+void parse_json_array(const Utf8Scrub& scrub, const std::string& file, int64_t max_bytes,
+                      AlpacaFile& out) {
   nlohmann::json doc;
   try {
     doc = nlohmann::json::parse(scrub.text);
@@ -180,11 +189,11 @@ void parse_json_array(const Utf8Scrub& scrub, const std::string& file, AlpacaFil
     throw InputError(file + ": expected a JSON array of Alpaca records, found " + json_type(doc));
   }
   out.records.reserve(doc.size());
-  for (const auto& j : doc) add_record(out, j, scrub);
+  for (const auto& j : doc) add_record(out, j, scrub, max_bytes);
 }
 
 // JSONL: a line that is not JSON is a bad record (the other lines still parse).
-void parse_json_lines(const Utf8Scrub& scrub, AlpacaFile& out) {
+void parse_json_lines(const Utf8Scrub& scrub, int64_t max_bytes, AlpacaFile& out) {
   const std::string& text = scrub.text;
   for (size_t begin = 0; begin < text.size();) {
     size_t end = text.find('\n', begin);
@@ -192,7 +201,7 @@ void parse_json_lines(const Utf8Scrub& scrub, AlpacaFile& out) {
     const std::string_view line(text.data() + begin, end - begin);
     if (line.find_first_not_of(" \t\r") != std::string_view::npos) {
       try {
-        add_record(out, nlohmann::json::parse(line), scrub);
+        add_record(out, nlohmann::json::parse(line), scrub, max_bytes);
       } catch (const nlohmann::json::parse_error& e) {
         out.bad.push_back(
             {static_cast<int64_t>(out.records.size()), "", syntax_error(scrub, e, begin)});
@@ -205,7 +214,8 @@ void parse_json_lines(const Utf8Scrub& scrub, AlpacaFile& out) {
 
 }  // namespace
 
-AlpacaFile parse_alpaca_records(std::string_view text, const std::string& file) {
+AlpacaFile parse_alpaca_records(std::string_view text, const std::string& file,
+                                int64_t max_record_bytes) {
   const Utf8Scrub scrub = scrub_utf8(text, file);
   AlpacaFile out;
   size_t first = 0;
@@ -214,7 +224,7 @@ AlpacaFile parse_alpaca_records(std::string_view text, const std::string& file) 
   if (first == std::string::npos) throw InputError(file + ": empty file (no Alpaca records)");
   if (scrub.text[first] == '[') {
     out.format = "json";
-    parse_json_array(scrub, file, out);
+    parse_json_array(scrub, file, max_record_bytes, out);
   } else {
     // One JSON object over the whole file (pretty-printed, or a wrapper such as {"data": [...]})
     // is not JSONL; a single-line Alpaca record is.
@@ -229,7 +239,7 @@ AlpacaFile parse_alpaca_records(std::string_view text, const std::string& file) 
                        "per line), got an object");
     }
     out.format = "jsonl";
-    parse_json_lines(scrub, out);
+    parse_json_lines(scrub, max_record_bytes, out);
   }
   return out;
 }

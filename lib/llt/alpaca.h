@@ -32,7 +32,8 @@ struct AlpacaRecord {
   std::string output;
 };
 
-// Why a record cannot be used: missing or non-string field, empty output, ill-formed UTF-8.
+// Why a record cannot be used: missing or non-string field, empty output, ill-formed UTF-8, over
+// the size limit.
 struct BadRecord {
   int64_t index = 0;   // 0-based position of the record in the input file
   std::string field;   // "instruction" | "input" | "output" | "" (the record itself)
@@ -50,8 +51,10 @@ struct AlpacaFile {
 // Parses Alpaca JSON (an array of objects) or JSONL (one object per non-empty line; chosen when
 // the first non-blank byte is not '['). Throws InputError naming `file`, line and column when the
 // text is not JSON; record-level problems are returned in `bad`. Keys other than the three
-// fields are ignored.
-AlpacaFile parse_alpaca_records(std::string_view text, const std::string& file);
+// fields are ignored. A record whose three fields hold more than `max_record_bytes` bytes together
+// (0: no limit) is bad: tokenizing it would cost time and memory for a sample cut to max_len.
+AlpacaFile parse_alpaca_records(std::string_view text, const std::string& file,
+                                int64_t max_record_bytes = 0);
 
 // "<file>: record <index>: field '<field>' is <reason>" (one line).
 std::string describe_bad_record(const BadRecord& bad, const std::string& file);

@@ -1,6 +1,8 @@
 #include "llt/io.h"
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 #include <system_error>
@@ -25,21 +27,33 @@ void refuse_existing(const std::filesystem::path& path, bool overwrite, const st
   }
 }
 
+void write_file(const std::filesystem::path& path, const std::string& content) {
+  // stdio rather than ofstream: every step reports errno (EFBIG, ENOSPC), fclose included.
+  std::FILE* out = std::fopen(path.c_str(), "wb");
+  if (out == nullptr) {
+    const int reason = errno;
+    const std::string what = path.string() + ": cannot open for writing: " + std::strerror(reason);
+    // A full disk or quota is the machine's state, not the user's input.
+    if (reason == ENOSPC || reason == EDQUOT || reason == EIO) throw RuntimeError(what);
+    throw InputError(what);
+  }
+  const bool written = std::fwrite(content.data(), 1, content.size(), out) == content.size() &&
+                       std::fflush(out) == 0;
+  const int write_errno = errno;
+  const bool closed = std::fclose(out) == 0;
+  if (!written || !closed) {
+    const int reason = written ? errno : write_errno;
+    std::error_code ignored;
+    std::filesystem::remove(path, ignored);
+    throw RuntimeError(path.string() + ": write failed: " + std::strerror(reason));
+  }
+}
+
 void write_file_atomic(const std::filesystem::path& path, const std::string& content,
                        bool overwrite) {
   refuse_existing(path, overwrite, "output");
   const std::filesystem::path tmp = path.string() + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw InputError(tmp.string() + ": cannot open for writing");
-    out.write(content.data(), static_cast<std::streamsize>(content.size()));
-    out.flush();
-    if (!out) {
-      std::error_code ignored;
-      std::filesystem::remove(tmp, ignored);
-      throw RuntimeError(tmp.string() + ": write failed (disk full?)");
-    }
-  }
+  write_file(tmp, content);
   std::error_code ec;
   std::filesystem::rename(tmp, path, ec);
   if (ec) {

@@ -41,7 +41,7 @@ JsonFields::JsonFields(const json& j, std::string where, std::string prefix)
 
 int64_t JsonFields::integer(const std::string& key) const {
   const json& v = get(key);
-  if (!v.is_number_integer()) fail(key, "an integer", v);
+  if (!json_holds<int64_t>(v)) fail(key, "an integer", v);
   return v.get<int64_t>();
 }
 

@@ -3,11 +3,57 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <string>
+#include <type_traits>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
 namespace llt {
+
+// Whether `v` holds a T as it is, so that v.get<T>() neither throws nor converts: for an integral
+// T an integer JSON number inside T's range (get<T>() truncates a float, and one beyond T's range
+// is undefined behaviour), for a floating-point T any number, for std::string a string, for
+// std::vector<U> an array whose every element holds a U, for nlohmann::json anything.
+template <typename T>
+bool json_holds(const nlohmann::json& v);
+
+namespace detail {
+template <typename T>
+struct IsVector : std::false_type {};
+template <typename U>
+struct IsVector<std::vector<U>> : std::true_type {};
+}  // namespace detail
+
+template <typename T>
+bool json_holds(const nlohmann::json& v) {
+  if constexpr (std::is_same_v<T, nlohmann::json>) {
+    return true;
+  } else if constexpr (std::is_same_v<T, bool>) {
+    return v.is_boolean();
+  } else if constexpr (std::is_integral_v<T>) {
+    if (v.is_number_unsigned()) {
+      return v.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<T>::max());
+    }
+    if (!v.is_number_integer()) return false;
+    const int64_t i = v.get<int64_t>();
+    return std::is_signed_v<T> ? i >= static_cast<int64_t>(std::numeric_limits<T>::min()) &&
+                                     i <= static_cast<int64_t>(std::numeric_limits<T>::max())
+                               : i >= 0;
+  } else if constexpr (std::is_floating_point_v<T>) {
+    return v.is_number();
+  } else if constexpr (std::is_same_v<T, std::string>) {
+    return v.is_string();
+  } else {
+    static_assert(detail::IsVector<T>::value, "json_holds: a type it does not know");
+    if (!v.is_array()) return false;
+    for (const auto& item : v) {
+      if (!json_holds<typename T::value_type>(item)) return false;
+    }
+    return true;
+  }
+}
 
 // Parses `text`; throws InputError "<where>: not valid JSON (...)".
 nlohmann::json parse_json(const std::string& text, const std::string& where);

@@ -11,6 +11,7 @@
 
 #include "llt/errors.h"
 #include "llt/io.h"
+#include "llt/json_fields.h"
 #include "llt/safetensors.h"
 #include "llt/weight_names.h"
 
@@ -25,6 +26,7 @@ constexpr int kAdapterFormatVersion = 1;
 constexpr const char* kAdapterWeights = "adapter.safetensors";
 constexpr const char* kAdapterConfig = "adapter_config.json";
 constexpr const char* kPeftWeights = "adapter_model.safetensors";
+constexpr const char* kPeftPickleWeights = "adapter_model.bin";
 
 // "wq" -> "attention.wq", "w1" -> "feed_forward.w1": the target's path inside a block.
 std::string block_module_path(const std::string& name) {
@@ -96,12 +98,12 @@ void write_json(const fs::path& path, const json& j) {
 template <typename T>
 T config_field(const json& config, const std::string& key, const fs::path& file) {
   if (!config.contains(key)) throw InputError(file.string() + ": missing field '" + key + "'");
-  try {
-    return config.at(key).get<T>();
-  } catch (const json::exception&) {
+  // json_holds: get<int64_t>() would truncate 2.5 and overflow (undefined) on 1e300.
+  if (!json_holds<T>(config.at(key))) {
     throw InputError(file.string() + ": field '" + key +
-                     "' has the wrong type: " + config.at(key).dump());
+                     "' has the wrong type: " + config.at(key).dump().substr(0, 80));
   }
+  return config.at(key).get<T>();
 }
 
 // The options of the LoRA already on `model` (rank, alpha, dropout of the first module; targets
@@ -209,7 +211,9 @@ torch::Tensor lora_delta(const torch::Tensor& a, const torch::Tensor& b, double 
 
 }  // namespace
 
-torch::Tensor LoraLinearImpl::delta_weight() const { return lora_delta(lora_a, lora_b, scale); }
+torch::Tensor LoraLinearImpl::delta_weight() const {
+  return lora_delta(lora_a, lora_b, scale);
+}
 
 torch::Tensor merged_lora_weight(const torch::Tensor& w, const torch::Tensor& a,
                                  const torch::Tensor& b, double scale) {
@@ -296,6 +300,154 @@ void save_adapter(const fs::path& dir, TransformerImpl& model, const LoraOptions
                                     {"dim", model.args().dim}});
 }
 
+namespace {
+
+// Tensor `name` of `file` in fp32, checked to have `shape`.
+torch::Tensor take_tensor(TensorFile& file, const std::string& name,
+                          const std::vector<int64_t>& shape) {
+  const TensorInfo* info = file.find(name);
+  if (info == nullptr) throw InputError(file.path().string() + ": missing tensor '" + name + "'");
+  if (info->shape != shape) {
+    throw InputError(file.path().string() + ": tensor '" + name + "' has shape " +
+                     shape_string(info->shape) + ", the model expects " + shape_string(shape));
+  }
+  return file.read(name).to(torch::kFloat);
+}
+
+void refuse_unexpected(TensorFile& file, const std::set<std::string>& expected) {
+  for (const auto& info : file.tensors()) {
+    if (!expected.count(info.name)) {
+      throw InputError(file.path().string() + ": unexpected tensor '" + info.name +
+                       "' (not a LoRA parameter of this model)");
+    }
+  }
+}
+
+// The module paths ("layers.3.attention.wq") an adapter with `targets` has on `layers`, in
+// module order: block by block, the targets in block order.
+std::vector<std::string> adapted_modules(const std::vector<std::string>& targets,
+                                         const std::set<int64_t>& layers) {
+  std::vector<std::string> paths;
+  for (const int64_t i : layers) {
+    for (const auto& target : lora_target_names()) {
+      if (std::find(targets.begin(), targets.end(), target) == targets.end()) continue;
+      paths.push_back("layers." + std::to_string(i) + "." + block_module_path(target));
+    }
+  }
+  return paths;
+}
+
+// A Hugging Face PEFT LoRA adapter for LLaMA (adapter_config.json + adapter_model.safetensors,
+// as PEFT's save_pretrained and export_peft_adapter write it). Plain LoRA only: DoRA, rsLoRA,
+// trained biases, modules_to_save and per-module ranks are refused by name. Modules of blocks
+// outside layers_to_transform are not in the result.
+LoraAdapter read_peft_adapter(const fs::path& dir, const json& config, const ModelArgs& args) {
+  const fs::path config_path = dir / kAdapterConfig;
+  const std::string where = config_path.string() + ": ";
+  if (config.value("peft_type", std::string()) != "LORA") {
+    throw InputError(where + "field 'peft_type' is " + config["peft_type"].dump() +
+                     ", expected \"LORA\"");
+  }
+  auto is_set = [&](const char* key) {
+    if (!config.contains(key)) return false;
+    const json& v = config[key];
+    return !(v.is_null() || (v.is_boolean() && !v.get<bool>()) || (v.is_array() && v.empty()) ||
+             (v.is_object() && v.empty()) || (v.is_string() && v.get<std::string>() == "none"));
+  };
+  for (const auto& [key, what] : std::vector<std::pair<const char*, const char*>>{
+           {"use_dora", "DoRA"},
+           {"use_rslora", "rsLoRA"},
+           {"bias", "trained biases"},
+           {"modules_to_save", "modules_to_save"},
+           {"rank_pattern", "per-module ranks"},
+           {"alpha_pattern", "per-module alphas"},
+           {"fan_in_fan_out", "fan_in_fan_out"},
+           {"lora_bias", "LoRA biases"},
+           {"layer_replication", "layer_replication"}}) {
+    if (is_set(key)) {
+      throw InputError(where + "field '" + key + "' is " + config[key].dump() + ": " + what +
+                       " is not supported by llt (plain LoRA only)");
+    }
+  }
+  LoraAdapter adapter;
+  LoraOptions& options = adapter.options;
+  options.rank = config_field<int64_t>(config, "r", config_path);
+  options.alpha = config_field<double>(config, "lora_alpha", config_path);
+  options.dropout = config.contains("lora_dropout")
+                        ? config_field<double>(config, "lora_dropout", config_path)
+                        : 0.0;
+  if (!config.contains("target_modules") || !config["target_modules"].is_array()) {
+    throw InputError(where +
+                     "field 'target_modules' must be a list of module names (q_proj, "
+                     "k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)");
+  }
+  std::map<std::string, std::string> meta_of;  // "q_proj" -> "wq"
+  for (const auto& t : lora_target_names()) {
+    meta_of[last_component(hf_module_path("layers.0." + block_module_path(t)))] = t;
+  }
+  for (const auto& hf :
+       config_field<std::vector<std::string>>(config, "target_modules", config_path)) {
+    const auto it = meta_of.find(last_component(hf));
+    if (it == meta_of.end()) {
+      throw InputError(where + "field 'target_modules' names '" + hf +
+                       "', not a LLaMA linear map (q_proj k_proj v_proj o_proj gate_proj "
+                       "up_proj down_proj)");
+    }
+    options.targets.push_back(it->second);
+  }
+  // llt's order (wq wk wv wo w1 w2 w3), so the options compare equal to llt's own.
+  std::vector<std::string> ordered;
+  for (const auto& t : lora_target_names()) {
+    if (std::count(options.targets.begin(), options.targets.end(), t)) ordered.push_back(t);
+  }
+  options.targets = ordered;
+  validate_lora_options(options, config_path.string());
+  // layers_to_transform: the blocks that carry the adapter (all when absent).
+  std::set<int64_t> layers;
+  if (is_set("layers_to_transform")) {
+    const json& v = config["layers_to_transform"];
+    const auto list = v.is_array() ? config_field<std::vector<int64_t>>(
+                                         config, "layers_to_transform", config_path)
+                                   : std::vector<int64_t>{config_field<int64_t>(
+                                         config, "layers_to_transform", config_path)};
+    for (const int64_t l : list) {
+      if (l < 0 || l >= args.n_layers) {
+        throw InputError(where + "field 'layers_to_transform' holds layer " + std::to_string(l) +
+                         " but the model has " + std::to_string(args.n_layers) + " layers");
+      }
+      layers.insert(l);
+    }
+  } else {
+    for (int64_t l = 0; l < args.n_layers; ++l) layers.insert(l);
+  }
+
+  // PEFT writes safetensors; older PEFT (safe_serialization=False) a torch.save archive.
+  fs::path weights = dir / kPeftWeights;
+  std::error_code ec;
+  if (!fs::exists(weights, ec) && fs::exists(dir / kPeftPickleWeights, ec)) {
+    weights = dir / kPeftPickleWeights;
+  }
+  const auto file_owner = open_tensor_file(weights);
+  TensorFile& file = *file_owner;
+  std::set<std::string> expected;
+  for (const auto& path : adapted_modules(options.targets, layers)) {
+    const std::string hf = "base_model.model." + hf_module_path(path);
+    const std::string leaf = last_component(path);
+    const auto [out, in] = block_linear_shape(args, leaf);
+    expected.insert(hf + ".lora_A.weight");
+    expected.insert(hf + ".lora_B.weight");
+    torch::Tensor a = take_tensor(file, hf + ".lora_A.weight", {options.rank, in});
+    torch::Tensor b = take_tensor(file, hf + ".lora_B.weight", {out, options.rank});
+    const int64_t heads = leaf == "wq" ? args.n_heads : leaf == "wk" ? args.kv_heads() : 0;
+    if (heads > 0) b = unpermute_hf_rows(b, heads);  // HF's rotary row order -> Meta's
+    adapter.modules.emplace_back(path, std::make_pair(a, b.contiguous()));
+  }
+  refuse_unexpected(file, expected);
+  return adapter;
+}
+
+}  // namespace
+
 LoraAdapter read_adapter(const fs::path& dir, const ModelArgs& args) {
   const fs::path config_path = dir / kAdapterConfig;
   json config;
@@ -305,13 +457,14 @@ LoraAdapter read_adapter(const fs::path& dir, const ModelArgs& args) {
     throw InputError(config_path.string() + ": not valid JSON (" + e.what() + ")");
   }
   if (!config.is_object()) throw InputError(config_path.string() + ": expected a JSON object");
+  if (config.contains("peft_type")) return read_peft_adapter(dir, config, args);
   const auto format = config_field<std::string>(config, "format", config_path);
   const auto version = config_field<int>(config, "format_version", config_path);
   if (format != kAdapterFormat || version != kAdapterFormatVersion) {
     throw InputError(config_path.string() + ": format '" + format + "' version " +
                      std::to_string(version) + ", expected '" + kAdapterFormat + "' version " +
                      std::to_string(kAdapterFormatVersion) +
-                     " (a PEFT adapter_config.json is not read by llt)");
+                     " (or a Hugging Face PEFT adapter, with 'peft_type')");
   }
   LoraAdapter adapter;
   LoraOptions& options = adapter.options;
@@ -331,40 +484,17 @@ LoraAdapter read_adapter(const fs::path& dir, const ModelArgs& args) {
 
   SafetensorsFile file(dir / kAdapterWeights);
   std::set<std::string> expected;
-  // Module order, as lora_parameters() lists them: block by block, the targets in block order.
-  for (int64_t i = 0; i < args.n_layers; ++i) {
-    for (const auto& target : lora_target_names()) {
-      if (std::find(options.targets.begin(), options.targets.end(), target) ==
-          options.targets.end()) {
-        continue;
-      }
-      const std::string path = "layers." + std::to_string(i) + "." + block_module_path(target);
-      const auto [out, in] = block_linear_shape(args, target);
-      auto take = [&](const std::string& name, const std::vector<int64_t>& shape) {
-        expected.insert(name);
-        const TensorInfo* info = file.find(name);
-        if (info == nullptr) {
-          throw InputError(file.path().string() + ": missing tensor '" + name + "'");
-        }
-        if (info->shape != shape) {
-          throw InputError(file.path().string() + ": tensor '" + name + "' has shape " +
-                           shape_string(info->shape) + ", the model expects " +
-                           shape_string(shape));
-        }
-        return file.read(name).to(torch::kFloat);
-      };
-      torch::Tensor a = take(path + ".lora_a", {options.rank, in});
-      torch::Tensor b = take(path + ".lora_b", {out, options.rank});
-      std::pair<torch::Tensor, torch::Tensor> ab{a, b};
-      adapter.modules.emplace_back(path, std::move(ab));
-    }
+  std::set<int64_t> layers;
+  for (int64_t l = 0; l < args.n_layers; ++l) layers.insert(l);
+  for (const auto& path : adapted_modules(options.targets, layers)) {
+    const auto [out, in] = block_linear_shape(args, last_component(path));
+    expected.insert(path + ".lora_a");
+    expected.insert(path + ".lora_b");
+    torch::Tensor a = take_tensor(file, path + ".lora_a", {options.rank, in});
+    torch::Tensor b = take_tensor(file, path + ".lora_b", {out, options.rank});
+    adapter.modules.emplace_back(path, std::make_pair(a, b));
   }
-  for (const auto& info : file.tensors()) {
-    if (!expected.count(info.name)) {
-      throw InputError(file.path().string() + ": unexpected tensor '" + info.name +
-                       "' (not a LoRA parameter of this model)");
-    }
-  }
+  refuse_unexpected(file, expected);
   return adapter;
 }
 
@@ -387,8 +517,9 @@ LoraOptions load_adapter(const fs::path& dir, TransformerImpl& model) {
   torch::NoGradGuard no_grad;
   for (const auto& [path, lora] : lora_modules(model)) {
     const auto it = by_path.find(path);
-    if (it == by_path.end()) {
-      throw RuntimeError("internal: LoRA module '" + path + "' is not in the adapter");
+    if (it == by_path.end()) {  // a block the adapter leaves alone: B = 0 adds exactly nothing
+      lora->lora_b.zero_();
+      continue;
     }
     lora->lora_a.copy_(it->second->first);
     lora->lora_b.copy_(it->second->second);
@@ -397,7 +528,7 @@ LoraOptions load_adapter(const fs::path& dir, TransformerImpl& model) {
 }
 
 void export_peft_adapter(const fs::path& dir, TransformerImpl& model, const LoraOptions& options,
-                         const std::string& base_model_name_or_path) {
+                         const std::string& base_model_name_or_path, int64_t base_n_layers) {
   const auto modules = lora_modules(model);
   if (modules.empty()) throw RuntimeError("export_peft_adapter: the model has no LoRA adapters");
   std::error_code ec;
@@ -421,18 +552,28 @@ void export_peft_adapter(const fs::path& dir, TransformerImpl& model, const Lora
   for (const auto& t : options.targets) {
     target_modules.push_back(last_component(hf_module_path("layers.0." + block_module_path(t))));
   }
-  write_json(dir / kAdapterConfig, {{"peft_type", "LORA"},
-                                    {"task_type", "CAUSAL_LM"},
-                                    {"r", options.rank},
-                                    {"lora_alpha", options.alpha},
-                                    {"lora_dropout", options.dropout},
-                                    {"target_modules", target_modules},
-                                    {"base_model_name_or_path", base_model_name_or_path},
-                                    {"bias", "none"},
-                                    {"fan_in_fan_out", false},
-                                    {"inference_mode", true},
-                                    {"init_lora_weights", true},
-                                    {"modules_to_save", nullptr}});
+  const double alpha = options.alpha;
+  const bool whole = alpha == std::floor(alpha) && std::abs(alpha) < 1e15;
+  json config = {{"peft_type", "LORA"},
+                 {"task_type", "CAUSAL_LM"},
+                 {"r", options.rank},
+                 {"lora_alpha", whole ? json(static_cast<int64_t>(alpha)) : json(alpha)},
+                 {"lora_dropout", options.dropout},
+                 {"target_modules", target_modules},
+                 {"base_model_name_or_path",
+                  base_model_name_or_path.empty() ? json() : json(base_model_name_or_path)},
+                 {"bias", "none"},
+                 {"fan_in_fan_out", false},
+                 {"inference_mode", true},
+                 {"init_lora_weights", true},
+                 {"modules_to_save", nullptr}};
+  const int64_t kept = model.args().n_layers;
+  if (base_n_layers > kept) {  // a --n-layers model: the adapter is on the first `kept` blocks
+    std::vector<int64_t> layers(static_cast<size_t>(kept));
+    for (int64_t l = 0; l < kept; ++l) layers[static_cast<size_t>(l)] = l;
+    config["layers_to_transform"] = layers;
+  }
+  write_json(dir / kAdapterConfig, config);
 }
 
 }  // namespace llt

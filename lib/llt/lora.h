@@ -96,20 +96,30 @@ struct LoraAdapter {
   std::vector<std::pair<std::string, std::pair<torch::Tensor, torch::Tensor>>> modules;
 };
 
-// Reads an adapter written by save_adapter for a model with `args` (the adapter's n_layers and
-// dim must be the model's). Throws InputError naming the file and the field or key on another
-// format, a mismatch, a missing, mis-shaped or extra tensor.
+// Reads an adapter for a model with `args`: one written by save_adapter (its n_layers and dim
+// must be the model's), or a Hugging Face PEFT LoRA adapter (adapter_config.json with peft_type
+// LORA, adapter_model.safetensors or .bin), as export_peft_adapter and PEFT's save_pretrained
+// write it: r, lora_alpha, lora_dropout and target_modules from the config, q/k lora_B rows
+// un-permuted; modules of blocks outside layers_to_transform are left out. DoRA, rsLoRA,
+// biases, modules_to_save and per-module ranks or alphas are refused by name. Throws InputError
+// naming the file and the field or key on another format, a mismatch, a missing, mis-shaped or
+// extra tensor.
 LoraAdapter read_adapter(const std::filesystem::path& dir, const ModelArgs& args);
 
-// Reads an adapter written by save_adapter into `model`: applies LoRA with the file's options
-// if the model has none (else they must match), then copies every tensor. Returns the options.
+// Reads an adapter (as read_adapter) into `model`: applies LoRA with the file's options if the
+// model has none (else they must match), then copies every tensor; a module the adapter leaves
+// out gets B = 0. Returns the options.
 // Throws InputError naming the file and the field or key on a mismatch, missing or extra tensor.
 LoraOptions load_adapter(const std::filesystem::path& dir, TransformerImpl& model);
 
 // Writes the adapter in Hugging Face PEFT's layout (see the top of this file) for the HF
 // checkpoint of the base model: lora_B rows of wq (wk) get HF's rotate-half row permutation with
-// n_heads (n_kv_heads), as the HF q/k weights have it. Throws as save_adapter.
+// n_heads (n_kv_heads), as the HF q/k weights have it. `base_model_name_or_path`: the base's
+// Hub name ("" writes null); `base_n_layers`: the base's blocks, when the model kept fewer
+// (--n-layers) the config's layers_to_transform lists the ones it has. lora_alpha is written as
+// an integer when it is one. load_adapter reads the folder back. Throws as save_adapter.
 void export_peft_adapter(const std::filesystem::path& dir, TransformerImpl& model,
-                         const LoraOptions& options, const std::string& base_model_name_or_path);
+                         const LoraOptions& options, const std::string& base_model_name_or_path,
+                         int64_t base_n_layers);
 
 }  // namespace llt

@@ -1,6 +1,8 @@
 #include "llt/pth.h"
 
+#include <algorithm>
 #include <cstring>
+#include <tuple>
 #include <unordered_set>
 
 #include <ATen/ATen.h>
@@ -54,7 +56,9 @@ enum Opcode : uint8_t {
 // clang-format on
 
 struct Value;
-using ValuePtr = std::shared_ptr<Value>;
+// Values are owned by the PickleMachine that made them (its arena), not by each other: a pickle
+// may make a list that holds itself (memo GET, then APPEND), which shared ownership would leak.
+using ValuePtr = Value*;
 
 struct Value {
   Kind kind = Kind::kNone;
@@ -64,12 +68,6 @@ struct Value {
   std::vector<std::pair<ValuePtr, ValuePtr>> entries;  // kDict
   PthTensorRecord tensor;  // kStorage: dtype, storage_key, storage_numel; kTensor: all but name
 };
-
-ValuePtr make(Kind kind) {
-  auto v = std::make_shared<Value>();
-  v->kind = kind;
-  return v;
-}
 
 // Storage class names of torch.save ('torch', 'BFloat16Storage', ...).
 bool storage_dtype(const std::string& global, c10::ScalarType* dtype) {
@@ -135,6 +133,12 @@ class PickleMachine {
     std::string s = data_.substr(pos_, end - pos_);
     pos_ = end + 1;
     return s;
+  }
+
+  ValuePtr make(Kind kind) {
+    arena_.push_back(std::make_unique<Value>());
+    arena_.back()->kind = kind;
+    return arena_.back().get();
   }
 
   // --- the stack
@@ -395,6 +399,266 @@ class PickleMachine {
   std::vector<ValuePtr> stack_;
   std::vector<size_t> marks_;  // stack heights at each MARK
   std::unordered_map<uint64_t, ValuePtr> memo_;
+  std::vector<std::unique_ptr<Value>> arena_;  // every value made, freed with the machine
+};
+
+// ---------------------------------------------------------------------------------------------
+// The zip directory (PKWARE APPNOTE.TXT 4.3), checked before LibTorch's reader sees the archive.
+
+constexpr uint32_t kLocalHeaderSignature = 0x04034b50;    // "PK\3\4", 30 bytes + name + extra
+constexpr uint32_t kCentralHeaderSignature = 0x02014b50;  // "PK\1\2", 46 bytes + name + ...
+constexpr uint32_t kEndSignature = 0x06054b50;            // "PK\5\6", 22 bytes + comment
+constexpr uint32_t kZip64LocatorSignature = 0x07064b50;   // 20 bytes, just before the end record
+constexpr uint32_t kZip64EndSignature = 0x06064b50;       // 56 bytes at the locator's offset
+constexpr uint64_t kEndSize = 22, kZip64LocatorSize = 20, kZip64EndSize = 56;
+constexpr uint64_t kLocalHeaderSize = 30, kCentralHeaderSize = 46;
+constexpr uint64_t kMaxComment = 0xffff;
+
+uint64_t read_le(const unsigned char* p, int n) {
+  uint64_t v = 0;
+  for (int i = n - 1; i >= 0; --i) v = (v << 8) | p[i];
+  return v;
+}
+
+struct ZipEntry {
+  std::string name;
+  uint64_t size = 0;          // compressed = uncompressed: entries are stored
+  uint64_t local_offset = 0;  // of the local header
+};
+
+// Where the central directory lies and how many entries it holds, from the end record (and the
+// zip64 end record when the end record's fields are saturated).
+struct ZipDirectory {
+  uint64_t offset = 0, size = 0, entries = 0;
+};
+
+class ZipChecker {
+ public:
+  explicit ZipChecker(const std::filesystem::path& path) : file_(path), source_(path.string()) {}
+
+  void check() {
+    const ZipDirectory dir = find_directory();
+    std::vector<ZipEntry> entries = read_directory(dir);
+    std::sort(entries.begin(), entries.end(),
+              [](const ZipEntry& a, const ZipEntry& b) { return a.local_offset < b.local_offset; });
+    uint64_t previous_end = 0;
+    std::string previous;
+    for (const ZipEntry& e : entries) {
+      if (e.local_offset < previous_end) {
+        fail("entry '" + e.name + "' overlaps entry '" + previous + "'");
+      }
+      previous_end = check_local(e, dir.offset);
+      previous = e.name;
+    }
+  }
+
+ private:
+  [[noreturn]] void fail(const std::string& what) const {
+    throw InputError(source_ + ": not a readable torch.save zip archive (" + what + ")");
+  }
+
+  ZipDirectory find_directory() const {
+    const uint64_t size = file_.size();
+    if (size < kEndSize) fail("no end of central directory record");
+    const uint64_t tail_size = std::min<uint64_t>(size, kEndSize + kMaxComment);
+    std::vector<unsigned char> tail(tail_size);
+    file_.read(size - tail_size, tail.data(), tail_size, "the end of the zip archive");
+    // The last end record whose comment reaches exactly to the end of the file.
+    for (uint64_t at = tail_size - kEndSize + 1; at-- > 0;) {
+      const unsigned char* p = tail.data() + at;
+      if (read_le(p, 4) != kEndSignature || at + kEndSize + read_le(p + 20, 2) != tail_size) {
+        continue;
+      }
+      const uint64_t end_offset = size - tail_size + at;
+      ZipDirectory dir{read_le(p + 16, 4), read_le(p + 12, 4), read_le(p + 10, 2)};
+      if (read_le(p + 4, 2) != 0 || read_le(p + 6, 2) != 0 || read_le(p + 8, 2) != dir.entries) {
+        fail("a multi-disk archive");
+      }
+      // torch.save writes zip64 end records (between the directory and the end record) even for
+      // small archives; they are required when the end record's fields are saturated.
+      uint64_t directory_end = end_offset;
+      if (has_zip64_locator(end_offset) || dir.entries == 0xffff || dir.size == 0xffffffff ||
+          dir.offset == 0xffffffff) {
+        const ZipDirectory dir64 = read_zip64_end(end_offset, &directory_end);
+        // Fields of the end record that are not saturated must agree (readers use either).
+        if ((dir.entries != 0xffff && dir.entries != dir64.entries) ||
+            (dir.size != 0xffffffff && dir.size != dir64.size) ||
+            (dir.offset != 0xffffffff && dir.offset != dir64.offset)) {
+          fail("the end record puts the central directory at " + describe(dir) +
+               ", the zip64 end record at " + describe(dir64));
+        }
+        dir = dir64;
+      }
+      if (dir.offset > directory_end || dir.size != directory_end - dir.offset) {
+        fail("the central directory [" + std::to_string(dir.offset) + ", +" +
+             std::to_string(dir.size) + ") does not end where its end record begins (byte " +
+             std::to_string(directory_end) + ")");
+      }
+      return dir;
+    }
+    fail("no end of central directory record");
+  }
+
+  static std::string describe(const ZipDirectory& dir) {
+    return "[" + std::to_string(dir.offset) + ", +" + std::to_string(dir.size) + ") with " +
+           std::to_string(dir.entries) + " entries";
+  }
+
+  bool has_zip64_locator(uint64_t end_offset) const {
+    if (end_offset < kZip64LocatorSize) return false;
+    unsigned char signature[4];
+    file_.read(end_offset - kZip64LocatorSize, signature, 4, "the zip64 locator");
+    return read_le(signature, 4) == kZip64LocatorSignature;
+  }
+
+  ZipDirectory read_zip64_end(uint64_t end_offset, uint64_t* directory_end) const {
+    if (end_offset < kZip64LocatorSize) fail("no zip64 end of central directory locator");
+    unsigned char locator[kZip64LocatorSize];
+    file_.read(end_offset - kZip64LocatorSize, locator, kZip64LocatorSize, "the zip64 locator");
+    if (read_le(locator, 4) != kZip64LocatorSignature) {
+      fail("no zip64 end of central directory locator");
+    }
+    const uint64_t at = read_le(locator + 8, 8);
+    if (read_le(locator + 4, 4) != 0 || read_le(locator + 16, 4) > 1) fail("a multi-disk archive");
+    if (at > end_offset - kZip64LocatorSize ||
+        end_offset - kZip64LocatorSize - at < kZip64EndSize) {
+      fail("the zip64 end record at byte " + std::to_string(at) + " lies outside the file");
+    }
+    unsigned char end[kZip64EndSize];
+    file_.read(at, end, kZip64EndSize, "the zip64 end record");
+    if (read_le(end, 4) != kZip64EndSignature) fail("no zip64 end record");
+    ZipDirectory dir{read_le(end + 48, 8), read_le(end + 40, 8), read_le(end + 32, 8)};
+    if (read_le(end + 16, 4) != 0 || read_le(end + 20, 4) != 0 ||
+        read_le(end + 24, 8) != dir.entries) {
+      fail("a multi-disk archive");
+    }
+    *directory_end = at;
+    return dir;
+  }
+
+  std::vector<ZipEntry> read_directory(const ZipDirectory& dir) const {
+    // Each entry takes at least kCentralHeaderSize bytes: a count the size cannot hold is a lie.
+    if (dir.entries == 0 || dir.entries > dir.size / kCentralHeaderSize) {
+      fail(std::to_string(dir.entries) + " entries in a central directory of " +
+           std::to_string(dir.size) + " bytes");
+    }
+    std::vector<unsigned char> bytes(dir.size);
+    file_.read(dir.offset, bytes.data(), dir.size, "the zip central directory");
+    std::vector<ZipEntry> entries;
+    std::unordered_set<std::string> names;
+    uint64_t at = 0;
+    for (uint64_t i = 0; i < dir.entries; ++i) {
+      if (dir.size - at < kCentralHeaderSize)
+        fail("the central directory ends inside entry " + std::to_string(i));
+      const unsigned char* p = bytes.data() + at;
+      if (read_le(p, 4) != kCentralHeaderSignature) {
+        fail("central directory entry " + std::to_string(i) + " has no signature");
+      }
+      const uint64_t name_length = read_le(p + 28, 2), extra_length = read_le(p + 30, 2);
+      const uint64_t comment_length = read_le(p + 32, 2);
+      const uint64_t length = kCentralHeaderSize + name_length + extra_length + comment_length;
+      if (dir.size - at < length) {
+        fail("the central directory ends inside entry " + std::to_string(i));
+      }
+      ZipEntry e;
+      e.name.assign(reinterpret_cast<const char*>(p + kCentralHeaderSize), name_length);
+      check_name(e.name);
+      if (!names.insert(e.name).second) fail("entry '" + e.name + "' appears twice");
+      if ((read_le(p + 8, 2) & 1) != 0) fail("entry '" + e.name + "' is encrypted");
+      if (read_le(p + 10, 2) != 0) {
+        fail("entry '" + e.name + "' is compressed (method " + std::to_string(read_le(p + 10, 2)) +
+             "); torch.save stores entries uncompressed");
+      }
+      uint64_t compressed = read_le(p + 20, 4), uncompressed = read_le(p + 24, 4);
+      uint64_t disk = read_le(p + 34, 2);
+      e.local_offset = read_le(p + 42, 4);
+      read_zip64_extra(e.name, p + kCentralHeaderSize + name_length, extra_length, &uncompressed,
+                       &compressed, &e.local_offset, &disk);
+      if (disk != 0) fail("a multi-disk archive");
+      if (compressed != uncompressed) {
+        fail("stored entry '" + e.name + "' has compressed size " + std::to_string(compressed) +
+             " but size " + std::to_string(uncompressed));
+      }
+      e.size = compressed;
+      entries.push_back(std::move(e));
+      at += length;
+    }
+    if (at != dir.size) fail("the central directory has bytes after its last entry");
+    return entries;
+  }
+
+  // The zip64 extended information field (id 1) holds, in this order, those of the sizes, the
+  // local header offset and the disk whose 32-bit (16-bit) fields are saturated.
+  void read_zip64_extra(const std::string& name, const unsigned char* p, uint64_t length,
+                        uint64_t* uncompressed, uint64_t* compressed, uint64_t* offset,
+                        uint64_t* disk) const {
+    for (uint64_t at = 0; at + 4 <= length;) {
+      const uint64_t id = read_le(p + at, 2), size = read_le(p + at + 2, 2);
+      if (size > length - at - 4) fail("entry '" + name + "' has a truncated extra field");
+      if (id == 1) {
+        uint64_t field = at + 4;
+        const uint64_t field_end = field + size;
+        for (auto [value, saturated, bytes] :
+             {std::tuple<uint64_t*, uint64_t, int>{uncompressed, 0xffffffff, 8},
+              {compressed, 0xffffffff, 8},
+              {offset, 0xffffffff, 8},
+              {disk, 0xffff, 4}}) {
+          if (*value != saturated) continue;
+          if (field_end - field < static_cast<uint64_t>(bytes)) {
+            fail("entry '" + name + "' has a short zip64 extra field");
+          }
+          *value = read_le(p + field, bytes);
+          field += bytes;
+        }
+        return;
+      }
+      at += 4 + size;
+    }
+  }
+
+  void check_name(const std::string& name) const {
+    const std::string shown = name.substr(0, 64);
+    if (name.empty()) fail("an entry has an empty name");
+    if (name.front() == '/') fail("entry '" + shown + "' has an absolute name");
+    for (const char c : name) {
+      if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f || c == '\\') {
+        fail("entry name '" + shown + "' holds a control byte or a backslash");
+      }
+    }
+    if (name == ".." || name.rfind("../", 0) == 0 || name.find("/../") != std::string::npos ||
+        (name.size() >= 3 && name.compare(name.size() - 3, 3, "/..") == 0)) {
+      fail("entry '" + shown + "' has a '..' component");
+    }
+  }
+
+  // The entry's local header and data lie before the central directory, and the local header
+  // names the same entry; returns the byte after its data.
+  uint64_t check_local(const ZipEntry& e, uint64_t directory_offset) const {
+    const std::string where = "entry '" + e.name + "'";
+    if (e.local_offset > directory_offset ||
+        directory_offset - e.local_offset < kLocalHeaderSize + e.name.size()) {
+      fail(where + ": its local header at byte " + std::to_string(e.local_offset) +
+           " lies outside the archive's data");
+    }
+    unsigned char header[kLocalHeaderSize];
+    file_.read(e.local_offset, header, kLocalHeaderSize, "the local header of " + where);
+    std::string name(read_le(header + 26, 2), '\0');
+    const uint64_t extra_length = read_le(header + 28, 2);
+    if (read_le(header, 4) != kLocalHeaderSignature || name.size() != e.name.size()) {
+      fail(where + ": no local header matching it at byte " + std::to_string(e.local_offset));
+    }
+    file_.read(e.local_offset + kLocalHeaderSize, name.data(), name.size(), where + "'s name");
+    if (name != e.name) fail(where + ": its local header names '" + name.substr(0, 64) + "'");
+    const uint64_t data = e.local_offset + kLocalHeaderSize + name.size() + extra_length;
+    if (data > directory_offset || e.size > directory_offset - data) {
+      fail(where + ": its " + std::to_string(e.size) + " bytes at byte " + std::to_string(data) +
+           " run past the archive's data (" + std::to_string(directory_offset) + " bytes)");
+    }
+    return data + e.size;
+  }
+
+  BinaryFile file_;
+  std::string source_;
 };
 
 // c10::Error messages carry a multi-line backtrace; keep the first line.
@@ -404,9 +668,14 @@ std::string first_line(const std::string& s) {
 
 }  // namespace
 
+void check_zip_directory(const std::filesystem::path& path) {
+  ZipChecker(path).check();
+}
+
 std::vector<PthTensorRecord> parse_torch_pickle(const std::string& pickle,
                                                 const std::string& source) {
-  const ValuePtr root = PickleMachine(pickle, source).run();
+  PickleMachine machine(pickle, source);
+  const ValuePtr root = machine.run();
   if (root->kind != Kind::kDict) {
     throw InputError(source + ": the pickle holds a " + kind_name(root->kind) +
                      ", expected a state dict {name: tensor}");
@@ -433,6 +702,7 @@ std::vector<PthTensorRecord> parse_torch_pickle(const std::string& pickle,
 PthFile::PthFile(const std::filesystem::path& path) : path_(path) {
   const std::string source = path.string();
   std::string pickle;
+  check_zip_directory(path);
   try {
     reader_ = std::make_unique<caffe2::serialize::PyTorchStreamReader>(source);
     if (!reader_->hasRecord("data.pkl")) {

@@ -40,9 +40,17 @@ struct PthTensorRecord {
 std::vector<PthTensorRecord> parse_torch_pickle(const std::string& pickle,
                                                 const std::string& source);
 
+// Checks a zip archive's directory before LibTorch's zip reader (which has fuzz-found bugs of its
+// own) sees it: the end of central directory record (zip64 too) and the central directory inside
+// the file; every entry stored uncompressed, on disk 0, not encrypted, its local header and data
+// inside the file, before the directory and overlapping no other entry; every name non-empty,
+// unique, relative, without "..", NUL or control bytes. Throws InputError naming the file.
+void check_zip_directory(const std::filesystem::path& path);
+
 class PthFile final : public TensorFile {
  public:
-  // Opens the zip and parses data.pkl; reads no tensor data. Throws InputError naming the file.
+  // Checks the zip directory (check_zip_directory), opens the zip and parses data.pkl; reads no
+  // tensor data. Throws InputError naming the file.
   explicit PthFile(const std::filesystem::path& path);
   ~PthFile() override;
 

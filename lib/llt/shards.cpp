@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstdio>
 #include <mutex>
+#include <set>
+#include <string_view>
 #include <system_error>
 
 #include <hdf5.h>
@@ -10,6 +12,8 @@
 
 #include "llt/errors.h"
 #include "llt/io.h"
+#include "llt/json_fields.h"
+#include "llt/sha256.h"
 
 namespace llt {
 namespace fs = std::filesystem;
@@ -20,6 +24,16 @@ namespace {
 constexpr hsize_t kChunkElements = hsize_t{1} << 16;
 // Deflate level: 4 compresses token ids about as well as 9 at a fraction of the time.
 constexpr unsigned kDeflateLevel = 4;
+// Growth step of a shard's in-memory image (HDF5 core driver); shards are a few MiB at most.
+constexpr size_t kCoreIncrement = size_t{1} << 20;
+
+bool starts_with(std::string_view s, std::string_view prefix) {
+  return s.substr(0, prefix.size()) == prefix;
+}
+
+bool ends_with(std::string_view s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
+}
 
 // HDF5 prints an error stack to stderr by default; llt reports errors itself (one line).
 void silence_hdf5() {
@@ -38,6 +52,7 @@ std::string hdf5_error() {
   std::string text;
   H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, collect_error, &text);
   H5Eclear2(H5E_DEFAULT);
+  text = text.substr(0, text.find('\n'));  // e.g. "file write failed: time = <ctime>\n, ..."
   return text.empty() ? "HDF5 call failed" : text;
 }
 
@@ -133,12 +148,20 @@ void check_filters(const Where& where) {
   }
 }
 
-void write_hdf5(const fs::path& path, const ShardData& data, const ShardAttributes& a) {
+// The shard's file bytes, built in memory by HDF5's core driver with no backing store. HDF5 never
+// writes to disk here, so a full disk is write_file's error, not an HDF5 file left open with
+// unflushed data (which crashed HDF5's library shutdown at exit); every handle is an Id, closed
+// on every path.
+std::string build_hdf5_image(const fs::path& path, const ShardData& data,
+                             const ShardAttributes& a) {
   const Where where{path.string()};
   check_filters(where);
   const Id fcpl(H5Pcreate(H5P_FILE_CREATE), H5Pclose);
   where.check(H5Pset_obj_track_times(fcpl.get(), false), "file creation properties");
-  const Id file(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, fcpl.get(), H5P_DEFAULT), H5Fclose);
+  const Id fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+  where.check(H5Pset_fapl_core(fapl.get(), kCoreIncrement, /*backing_store=*/false),
+              "file access properties");
+  const Id file(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, fcpl.get(), fapl.get()), H5Fclose);
   if (!file.ok()) where.runtime("cannot create HDF5 file");
   const hid_t f = file.get();
   write_int_attribute(f, "format_version", a.format_version, where);
@@ -155,6 +178,13 @@ void write_hdf5(const fs::path& path, const ShardData& data, const ShardAttribut
   write_dataset(f, "source_lengths", data.source_lengths, H5T_STD_I32LE, H5T_NATIVE_INT32, where);
   write_dataset(f, "source_indices", data.source_indices, H5T_STD_I64LE, H5T_NATIVE_INT64, where);
   where.check(H5Fflush(f, H5F_SCOPE_LOCAL), "flush");
+  const ssize_t size = H5Fget_file_image(f, nullptr, 0);
+  if (size < 0) where.runtime("cannot get the file image");
+  std::string image(static_cast<size_t>(size), '\0');
+  if (H5Fget_file_image(f, image.data(), image.size()) != size) {
+    where.runtime("cannot get the file image");
+  }
+  return image;
 }
 
 // ----- reading
@@ -271,11 +301,11 @@ template <typename T>
 T get(const nlohmann::json& j, const char* key, const std::string& file) {
   const auto it = j.find(key);
   if (it == j.end()) throw InputError(file + ": missing key '" + key + "'");
-  try {
-    return it->get<T>();
-  } catch (const nlohmann::json::exception&) {
+  // json_holds: get<int64_t>() would truncate 2.5 and overflow (undefined) on 1e300.
+  if (!json_holds<T>(*it)) {
     throw InputError(file + ": key '" + key + "' has the wrong type (" + it->type_name() + ")");
   }
+  return it->get<T>();
 }
 
 }  // namespace
@@ -287,27 +317,36 @@ void ShardData::add(const std::vector<int32_t>& ids, int32_t source_length, int6
   source_indices.push_back(source_index);
 }
 
-std::string shard_file_name(int64_t index) {
-  char name[32];
-  std::snprintf(name, sizeof(name), "shard-%05lld.h5", static_cast<long long>(index));
+std::string shard_file_name(int64_t generation, int64_t index) {
+  char name[64];
+  std::snprintf(name, sizeof(name), "shard-g%lld-%05lld.h5", static_cast<long long>(generation),
+                static_cast<long long>(index));
   return name;
+}
+
+int64_t shard_file_generation(const std::string& name) {
+  const auto digits = [](std::string_view s) {
+    return !s.empty() && s.size() <= 18 &&
+           std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+  };
+  std::string_view s(name);
+  if (ends_with(s, ".tmp")) s.remove_suffix(4);
+  if (!starts_with(s, "shard-") || !ends_with(s, ".h5")) return -1;
+  s = s.substr(6, s.size() - 9);  // "g3-00000" or "00000"
+  int64_t generation = 0;
+  if (starts_with(s, "g")) {
+    const size_t dash = s.find('-');
+    if (dash == std::string_view::npos || !digits(s.substr(1, dash - 1))) return -1;
+    generation = std::stoll(std::string(s.substr(1, dash - 1)));
+    if (generation < 1) return -1;
+    s = s.substr(dash + 1);
+  }
+  return s.size() >= 5 && digits(s) ? generation : -1;
 }
 
 void write_shard(const fs::path& path, const ShardData& data, const ShardAttributes& attributes) {
   silence_hdf5();
-  const fs::path tmp = path.string() + ".tmp";
-  std::error_code ec;
-  try {
-    write_hdf5(tmp, data, attributes);  // the file is closed when this returns
-  } catch (...) {
-    fs::remove(tmp, ec);
-    throw;
-  }
-  fs::rename(tmp, path, ec);
-  if (ec) {
-    fs::remove(tmp, ec);
-    throw RuntimeError(path.string() + ": cannot rename the finished temp file into place");
-  }
+  write_file_atomic(path, build_hdf5_image(path, data, attributes), /*overwrite=*/true);
 }
 
 Shard read_shard(const fs::path& path) {
@@ -351,7 +390,26 @@ void LengthHistogram::add(int64_t length) {
   max = first ? length : std::max(max, length);
 }
 
-void write_manifest(const fs::path& dir, const Manifest& m) {
+std::string samples_sha256(const Manifest& m) {
+  const ShardAttributes& a = m.attributes;
+  nlohmann::ordered_json shards = nlohmann::ordered_json::array();
+  for (const auto& s : m.shards) {
+    shards.push_back({s.samples, s.tokens, s.first_index, s.sha256});
+  }
+  nlohmann::ordered_json j = {{"format_version", m.format_version},
+                              {"template", a.template_name},
+                              {"source_sha256", a.source_sha256},
+                              {"tokenizer_sha256", a.tokenizer_sha256},
+                              {"max_len", a.max_len},
+                              {"start", m.start},
+                              {"end", m.end},
+                              {"samples", m.samples},
+                              {"tokens", m.tokens},
+                              {"shards", shards}};
+  return sha256_hex(j.dump());
+}
+
+std::string manifest_json(const Manifest& m) {
   const ShardAttributes& a = m.attributes;
   nlohmann::ordered_json bad = nlohmann::ordered_json::array();
   for (const auto& b : m.bad_records) {
@@ -368,6 +426,7 @@ void write_manifest(const fs::path& dir, const Manifest& m) {
   // Insertion order is kept (ordered_json), so the file reads top-down: what, from what, counts.
   nlohmann::ordered_json j;
   j["format_version"] = m.format_version;
+  j["generation"] = m.generation;
   j["template"] = a.template_name;
   j["input"] = m.input;
   j["input_format"] = m.input_format;
@@ -397,7 +456,11 @@ void write_manifest(const fs::path& dir, const Manifest& m) {
                            {"counts", m.length_histogram.counts}};
   j["command_line"] = m.command_line;
   j["shards"] = shards;
-  write_file_atomic(dir / "manifest.json", j.dump(2) + "\n", /*overwrite=*/true);
+  return j.dump(2) + "\n";
+}
+
+void write_manifest(const fs::path& dir, const Manifest& m) {
+  write_file_atomic(dir / "manifest.json", manifest_json(m), /*overwrite=*/true);
 }
 
 Manifest read_manifest(const fs::path& dir) {
@@ -418,6 +481,7 @@ Manifest read_manifest(const fs::path& dir) {
   ShardAttributes& a = m.attributes;
   m.format_version = get<int64_t>(j, "format_version", file);
   a.format_version = m.format_version;
+  m.generation = j.contains("generation") ? get<int64_t>(j, "generation", file) : 0;
   a.template_name = get<std::string>(j, "template", file);
   m.input = get<std::string>(j, "input", file);
   m.input_format = get<std::string>(j, "input_format", file);
@@ -452,10 +516,23 @@ Manifest read_manifest(const fs::path& dir) {
   m.command_line = get<std::string>(j, "command_line", file);
   const auto shards = get<nlohmann::json>(j, "shards", file);
   if (!shards.is_array()) throw InputError(file + ": key 'shards' is not an array");
+  // Each shard once (a shard listed twice would be trained on twice an epoch), and inside `dir`.
+  std::set<std::string> seen;
   for (const auto& s : shards) {
     m.shards.push_back({get<std::string>(s, "file", file), get<int64_t>(s, "samples", file),
                         get<int64_t>(s, "tokens", file), get<int64_t>(s, "first_index", file),
                         get<std::string>(s, "sha256", file)});
+    const std::string& name = m.shards.back().file;
+    const std::string key = "key 'shards[" + std::to_string(m.shards.size() - 1) + "].file'";
+    const fs::path normal = fs::path(name).lexically_normal();
+    if (name.empty() || normal.has_root_path() || normal == "." || *normal.begin() == "..") {
+      throw InputError(file + ": " + key + " is '" + name +
+                       "', expected a path inside the dataset directory");
+    }
+    if (!seen.insert(normal.string()).second) {
+      throw InputError(file + ": " + key + " is '" + name +
+                       "', a shard listed before (each shard is listed once)");
+    }
   }
   return m;
 }

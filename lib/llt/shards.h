@@ -7,7 +7,8 @@
 // chunked and compressed (shuffle + deflate) with Fletcher-32 checksums. Root attributes tie the
 // shard to its tokenizer and source (ShardAttributes) and are checked on open. Files are written
 // as *.tmp and renamed when complete; manifest.json is written last, so a directory without one
-// is not a finished dataset. No HDF5 header is included here.
+// is not a finished dataset, and a dataset is the manifest and the shards it names (other shard
+// files are leftovers). No HDF5 header is included here.
 #pragma once
 
 #include <cstdint>
@@ -53,8 +54,9 @@ struct Shard {
   ShardAttributes attributes;
 };
 
-// Writes a shard to `path` + ".tmp" and renames it onto `path`. Throws RuntimeError naming the
-// file on an HDF5 or I/O failure (the temp file is removed).
+// Writes a shard to `path` + ".tmp" and renames it onto `path` (built in memory, then written
+// with write_file_atomic). Throws RuntimeError naming the file on an HDF5 or I/O failure (the temp
+// file is removed).
 void write_shard(const std::filesystem::path& path, const ShardData& data,
                  const ShardAttributes& attributes);
 
@@ -74,7 +76,7 @@ struct LengthHistogram {
 
 // One shard as the manifest lists it.
 struct ManifestShard {
-  std::string file;  // relative to the dataset directory, e.g. "shard-00000.h5"
+  std::string file;  // relative to the dataset directory, e.g. "shard-g1-00000.h5"
   int64_t samples = 0;
   int64_t tokens = 0;
   int64_t first_index = 0;
@@ -84,6 +86,7 @@ struct ManifestShard {
 // manifest.json: what the dataset holds and how it was made. JSON keys are the field names.
 struct Manifest {
   int64_t format_version = kShardFormatVersion;
+  int64_t generation = 0;         // the run that wrote it (shard names); 0: before generations
   ShardAttributes attributes;     // shared by every shard (first_index aside)
   std::string input;              // the source file as given
   std::string input_format;       // "json" | "jsonl"
@@ -105,14 +108,28 @@ struct Manifest {
   std::vector<ManifestShard> shards;
 };
 
+// The text of manifest.json.
+std::string manifest_json(const Manifest& manifest);
+
+// The identity of a dataset's samples: sha256 over what decides them (source and tokenizer
+// sha256, template, cut, selected records, counts) and each shard's sha256 in order; not over
+// shard file names, the generation, paths as typed or the command line. Tokenizing the same
+// records again with the same settings gives the same value (what a resume checks).
+std::string samples_sha256(const Manifest& manifest);
+
 // Writes `dir`/manifest.json atomically (replacing an existing one). Throws RuntimeError on I/O.
 void write_manifest(const std::filesystem::path& dir, const Manifest& manifest);
 
 // Reads `dir`/manifest.json. Throws InputError naming the file and key when it is missing,
-// not JSON, or a key is missing or of the wrong type.
+// not JSON, a key is missing or of the wrong type (`generation` may be missing: 0), or a shard
+// is listed twice or its path leaves `dir` (absolute, or through "..").
 Manifest read_manifest(const std::filesystem::path& dir);
 
-// The file name of shard `index`: "shard-00000.h5".
-std::string shard_file_name(int64_t index);
+// The file name of shard `index` written by run `generation`: "shard-g3-00000.h5".
+std::string shard_file_name(int64_t generation, int64_t index);
+
+// The generation in a shard file name llt writes, or its temp file ("shard-g3-00000.h5[.tmp]" ->
+// 3; "shard-00000.h5", named before generations -> 0); -1 for any other name (a user's file).
+int64_t shard_file_generation(const std::string& name);
 
 }  // namespace llt

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <new>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -30,7 +31,7 @@ int copy_out(std::string_view bytes, char** out, size_t* out_len, char* err, siz
   char* buffer = static_cast<char*>(std::malloc(bytes.size() + 1));
   if (buffer == nullptr) {
     write_error(err, err_size, "out of memory");
-    return -1;
+    return LLT_SPM_OUT_OF_MEMORY;
   }
   std::memcpy(buffer, bytes.data(), bytes.size());
   buffer[bytes.size()] = '\0';
@@ -91,10 +92,13 @@ int llt_spm_encode(const LltSpm* model, const char* text, size_t text_len, int32
     *ids = static_cast<int32_t*>(std::malloc(encoded.size() * sizeof(int32_t)));
     if (*ids == nullptr) {
       write_error(err, err_size, "out of memory");
-      return -1;
+      return LLT_SPM_OUT_OF_MEMORY;
     }
     for (size_t i = 0; i < encoded.size(); ++i) (*ids)[i] = static_cast<int32_t>(encoded[i]);
     return 0;
+  } catch (const std::bad_alloc&) {
+    write_error(err, err_size, "out of memory");
+    return LLT_SPM_OUT_OF_MEMORY;
   } catch (const std::exception& e) {
     write_error(err, err_size, e.what());
     return -1;
@@ -118,6 +122,9 @@ int llt_spm_decode(const LltSpm* model, const int32_t* ids, size_t n_ids, char**
       return -1;
     }
     return copy_out(decoded, text, text_len, err, err_size);
+  } catch (const std::bad_alloc&) {
+    write_error(err, err_size, "out of memory");
+    return LLT_SPM_OUT_OF_MEMORY;
   } catch (const std::exception& e) {
     write_error(err, err_size, e.what());
     return -1;
@@ -133,6 +140,9 @@ int llt_spm_id_to_piece(const LltSpm* model, int32_t id, char** piece, size_t* p
       return -1;
     }
     return copy_out(model->processor.IdToPiece(id), piece, piece_len, err, err_size);
+  } catch (const std::bad_alloc&) {
+    write_error(err, err_size, "out of memory");
+    return LLT_SPM_OUT_OF_MEMORY;
   } catch (const std::exception& e) {
     write_error(err, err_size, e.what());
     return -1;

@@ -7,9 +7,10 @@
 // Only the functions below are exported; nothing here includes SentencePiece or torch headers.
 //
 // Conventions: strings are (pointer, byte length) pairs, UTF-8, not NUL-terminated. Fallible
-// functions return 0 on success and -1 on failure, writing a NUL-terminated message into the
-// caller's `err` buffer (truncated to err_size). Buffers the shim returns (ids, text) are malloc'd
-// and the caller releases them with llt_spm_free_buffer.
+// functions return 0 on success, LLT_SPM_OUT_OF_MEMORY when an allocation failed (std::bad_alloc
+// inside SentencePiece, or malloc) and -1 on any other failure, writing a NUL-terminated message
+// into the caller's `err` buffer (truncated to err_size). Buffers the shim returns (ids, text) are
+// malloc'd and the caller releases them with llt_spm_free_buffer.
 #pragma once
 
 #include <stddef.h>
@@ -26,7 +27,10 @@ extern "C" {
 #endif
 
 // Bumped whenever a signature below changes; the loader refuses a shim with another version.
-#define LLT_SPM_ABI_VERSION 1
+#define LLT_SPM_ABI_VERSION 2
+
+// The return code of a fallible function whose allocation failed (host memory).
+#define LLT_SPM_OUT_OF_MEMORY (-2)
 
 typedef struct LltSpm LltSpm;  // an opaque loaded SentencePiece model
 

@@ -178,9 +178,8 @@ std::vector<int32_t> Tokenizer::encode(const std::string& text, bool bos, bool e
   int32_t* raw = nullptr;
   size_t n = 0;
   char err[kErrorBytes] = {};
-  if (shim().encode(model_->handle, text.data(), text.size(), &raw, &n, err, sizeof(err)) != 0) {
-    throw RuntimeError(path_.string() + ": SentencePiece encode failed: " + err);
-  }
+  check_shim(shim().encode(model_->handle, text.data(), text.size(), &raw, &n, err, sizeof(err)),
+             "encode", "a text of " + std::to_string(text.size()) + " bytes", err);
   const ShimBuffer<int32_t> ids(raw);
   std::vector<int32_t> out;
   out.reserve(n + 2);
@@ -188,6 +187,17 @@ std::vector<int32_t> Tokenizer::encode(const std::string& text, bool bos, bool e
   out.insert(out.end(), raw, raw + n);
   if (eos) out.push_back(eos_id_);
   return out;
+}
+
+void Tokenizer::check_shim(int status, const char* what, const std::string& input,
+                           const char* err) const {
+  if (status == 0) return;
+  if (status == LLT_SPM_OUT_OF_MEMORY) {
+    // The model is fine: the host ran out of memory for this input (issue 15, item 8).
+    throw OutOfMemoryError("out of host memory in SentencePiece " + std::string(what) + " of " +
+                           input + " (tokenizer " + path_.string() + ")");
+  }
+  throw RuntimeError(path_.string() + ": SentencePiece " + what + " failed: " + err);
 }
 
 void Tokenizer::check_id(int32_t id, const char* what) const {
@@ -202,9 +212,8 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
   char* raw = nullptr;
   size_t n = 0;
   char err[kErrorBytes] = {};
-  if (shim().decode(model_->handle, ids.data(), ids.size(), &raw, &n, err, sizeof(err)) != 0) {
-    throw RuntimeError(path_.string() + ": SentencePiece decode failed: " + err);
-  }
+  check_shim(shim().decode(model_->handle, ids.data(), ids.size(), &raw, &n, err, sizeof(err)),
+             "decode", std::to_string(ids.size()) + " ids", err);
   const ShimBuffer<char> text(raw);
   return std::string(raw, n);
 }
@@ -214,9 +223,8 @@ std::string Tokenizer::piece(int32_t id) const {
   char* raw = nullptr;
   size_t n = 0;
   char err[kErrorBytes] = {};
-  if (shim().id_to_piece(model_->handle, id, &raw, &n, err, sizeof(err)) != 0) {
-    throw RuntimeError(path_.string() + ": SentencePiece id_to_piece failed: " + err);
-  }
+  check_shim(shim().id_to_piece(model_->handle, id, &raw, &n, err, sizeof(err)), "id_to_piece",
+             "id " + std::to_string(id), err);
   const ShimBuffer<char> text(raw);
   return std::string(raw, n);
 }

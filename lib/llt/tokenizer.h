@@ -21,7 +21,8 @@ class Tokenizer {
   static Tokenizer load(const std::filesystem::path& model);
 
   // Text -> ids, with BOS/EOS prepended/appended on request. Throws InputError if a requested
-  // BOS/EOS does not exist in this model (id -1).
+  // BOS/EOS does not exist in this model (id -1), OutOfMemoryError if SentencePiece runs out of
+  // host memory, RuntimeError if it fails otherwise.
   // Thread-safe: several threads may encode with one Tokenizer (SentencePiece's Encode is const;
   // tests/test_tokenize.cpp checks it).
   std::vector<int32_t> encode(const std::string& text, bool bos, bool eos) const;
@@ -57,6 +58,9 @@ class Tokenizer {
 
   Tokenizer() = default;
   void check_id(int32_t id, const char* what) const;
+  // Maps a shim return code to an exception: OutOfMemoryError for LLT_SPM_OUT_OF_MEMORY,
+  // RuntimeError with the shim's message `err` otherwise.
+  void check_shim(int status, const char* what, const std::string& input, const char* err) const;
 
   std::shared_ptr<const Model> model_;
   std::filesystem::path path_;

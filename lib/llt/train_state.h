@@ -29,7 +29,7 @@ struct TrainState {
   int64_t label_tokens = 0;
   int64_t samples = 0;      // real samples: wrap-around repeats are not counted
   int64_t activations = 0;  // the most bytes a micro-batch's forward held (Trainer)
-  std::string data_sha256;  // sha256 of the dataset's manifest.json ("": not recorded)
+  std::string data_sha256;  // samples_sha256 of the dataset's manifest ("": not recorded)
 };
 
 // The newest `step-N` folder in `checkpoints` (a finished write: no ".tmp"; N digits only, other

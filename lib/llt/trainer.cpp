@@ -112,7 +112,7 @@ Trainer::Trainer(TransformerImpl& model, const Dataset& data, int64_t pad_id,
   steps_per_epoch_ = (sampler_.batches_per_epoch() + config.grad_accum - 1) / config.grad_accum;
   const int64_t world = group ? group->world_size() : 1;
   repeats_per_epoch_ = sampler_.samples_per_epoch() * world - data.size();
-  state_.data_sha256 = sha256_file(data.dir() / "manifest.json");
+  state_.data_sha256 = samples_sha256(data.manifest());
 }
 
 int64_t Trainer::batches_per_epoch() const { return sampler_.batches_per_epoch(); }
@@ -128,9 +128,11 @@ void Trainer::resume(const fs::path& dir) {
   const std::string data_sha256 = state_.data_sha256;
   state_ = load_train_state(dir, params_.trainable, optimizer_, dist);  // reads only
   const std::string where = (dir / "state.json").string();
-  if (!state_.data_sha256.empty() && state_.data_sha256 != data_sha256) {
-    throw InputError(where + ": the run trained on a dataset whose manifest.json has sha256 " +
-                     state_.data_sha256 + ", --data " + data_.dir().string() + " has " +
+  // Before the samples' identity, state.json held the sha256 of manifest.json: still accepted.
+  if (!state_.data_sha256.empty() && state_.data_sha256 != data_sha256 &&
+      state_.data_sha256 != sha256_file(data_.dir() / "manifest.json")) {
+    throw InputError(where + ": the run trained on samples with sha256 " + state_.data_sha256 +
+                     ", --data " + data_.dir().string() + " holds samples with sha256 " +
                      data_sha256 + "; resume with the same --data, or start a new run folder");
   }
   state_.data_sha256 = data_sha256;

@@ -15,6 +15,7 @@
 
 #include "llt/errors.h"
 #include "llt/io.h"
+#include "llt/json_fields.h"
 #include "llt/runtime.h"
 #include "llt/tensor_file.h"
 #include "llt/weight_names.h"
@@ -46,7 +47,7 @@ class Config {
   bool has(const std::string& key) const { return j_.contains(key) && !j_[key].is_null(); }
   int64_t integer(const std::string& key) const {
     if (!has(key)) throw InputError(source_ + ": missing field '" + key + "'");
-    if (!j_[key].is_number_integer()) fail(key, "an integer");
+    if (!json_holds<int64_t>(j_[key])) fail(key, "an integer");
     return j_[key].get<int64_t>();
   }
   int64_t integer_or(const std::string& key, int64_t fallback) const {
@@ -439,6 +440,37 @@ Llama2cHeader llama2c_header_or_throw(const BinaryFile& file) {
   return *header;
 }
 
+// Bytes of a legacy llama2.c file with these args, in run.c's order (header, embeddings, 9
+// per-layer kinds, final norm, two RoPE tables of (seq_len, head_dim / 2), output unless
+// tied); UINT64_MAX when that overflows.
+uint64_t llama2c_implied_size(const ModelArgs& a,
+                              const std::map<std::string, std::vector<int64_t>>& block) {
+  uint64_t per_layer = 0;  // floats
+  for (const auto& [name, shape] : block) per_layer += c10::multiply_integers(shape);
+  const uint64_t embeddings = static_cast<uint64_t>(a.vocab_size) * a.dim;
+  const uint64_t rope = 2 * static_cast<uint64_t>(a.max_seq_len) * (a.head_dim() / 2);
+  uint64_t floats = 0;
+  if (__builtin_mul_overflow(per_layer, static_cast<uint64_t>(a.n_layers), &floats) ||
+      __builtin_add_overflow(floats, embeddings * (a.tie_embeddings ? 1 : 2) + a.dim + rope,
+                             &floats) ||
+      __builtin_mul_overflow(floats, sizeof(float), &floats) ||
+      __builtin_add_overflow(floats, sizeof(Llama2cHeader), &floats)) {
+    return UINT64_MAX;
+  }
+  return floats;
+}
+
+[[noreturn]] void llama2c_size_mismatch(const fs::path& path, const Llama2cHeader& h,
+                                        uint64_t implied, uint64_t size) {
+  throw InputError(path.string() + ": llama2.c header (dim " + std::to_string(h.dim) +
+                   ", hidden_dim " + std::to_string(h.hidden_dim) + ", n_layers " +
+                   std::to_string(h.n_layers) + ", vocab_size " + std::to_string(h.vocab_size) +
+                   ", seq_len " + std::to_string(h.seq_len) + ") implies " +
+                   (implied == UINT64_MAX ? std::string("more than 2^64") : std::to_string(implied)) +
+                   " bytes, the file has " + std::to_string(size) +
+                   "; truncated or not a legacy llama2.c file?");
+}
+
 OpenWeights open_llama2c(const fs::path& path) {
   auto file = std::make_shared<BinaryFile>(path);
   const Llama2cHeader h = llama2c_header_or_throw(*file);
@@ -461,6 +493,10 @@ OpenWeights open_llama2c(const fs::path& path) {
   };
   const auto block_shapes = block_parameter_shapes(a);
   const std::map<std::string, std::vector<int64_t>> block(block_shapes.begin(), block_shapes.end());
+  // The size the header implies, checked before one entry per tensor is made: a 76-byte file
+  // may claim 2^20 layers, which would otherwise cost seconds and gigabytes to refuse.
+  const uint64_t implied = llama2c_implied_size(a, block);
+  if (implied != file->size()) llama2c_size_mismatch(path, h, implied, file->size());
   take("tok_embeddings.weight", {a.vocab_size, a.dim});
   for (const char* kind :
        {"attention_norm.weight", "attention.wq.weight", "attention.wk.weight",
@@ -475,12 +511,9 @@ OpenWeights open_llama2c(const fs::path& path) {
   take("", {a.max_seq_len, a.head_dim() / 2});  // freq_cis_imag
   if (!a.tie_embeddings) take("output.weight", {a.vocab_size, a.dim});
   if (offset != file->size()) {
-    throw InputError(path.string() + ": llama2.c header (dim " + std::to_string(h.dim) +
-                     ", hidden_dim " + std::to_string(h.hidden_dim) + ", n_layers " +
-                     std::to_string(h.n_layers) + ", vocab_size " + std::to_string(h.vocab_size) +
-                     ", seq_len " + std::to_string(h.seq_len) + ") implies " +
-                     std::to_string(offset) + " bytes, the file has " +
-                     std::to_string(file->size()) + "; truncated or not a legacy llama2.c file?");
+    throw RuntimeError("internal: " + path.string() + ": llama2.c tensors end at byte " +
+                       std::to_string(offset) + ", the size check said " +
+                       std::to_string(implied));
   }
   return stored;
 }

@@ -210,7 +210,8 @@ CLI::Option* add_model_path(CLI::App& app, std::string& model) {
 void add_model_options(CLI::App& app, ModelOptions& o, bool with_tokenizer = true) {
   add_model_path(app, o.model)->required();
   if (with_tokenizer) {  // the inference tools: they also take an adapter
-    app.add_option("--adapter", o.adapter, "LoRA adapter folder (a run's adapter/) to apply")
+    app.add_option("--adapter", o.adapter, "LoRA adapter folder to apply: a run's adapter/ or adapter-peft/, or a Hugging Face PEFT "
+                   "LoRA adapter (adapter_config.json + adapter_model.safetensors)")
         ->check(CLI::ExistingDirectory);
     app.add_option("--tokenizer", o.tokenizer,
                    "SentencePiece model (default: tokenizer.model beside the checkpoint)")
@@ -330,7 +331,8 @@ TokenizeToolOptions parse_tokenize(int argc, char** argv) {
   app.add_option("--tokenizer", o.tokenizer, "SentencePiece .model")
       ->required()
       ->check(CLI::ExistingFile);
-  app.add_option("--output", o.output, "Dataset directory (manifest.json + shard-NNNNN.h5)")
+  app.add_option("--output", o.output,
+                 "Dataset directory (manifest.json + shard-gG-NNNNN.h5, G the run's generation)")
       ->required();
   app.add_option("--max-len", o.max_len, "Tokens per sample at most; longer samples are cut")
       ->check(number_in(2, double(int64_t{1} << 30)))
@@ -344,6 +346,10 @@ TokenizeToolOptions parse_tokenize(int argc, char** argv) {
   app.add_option("--split", o.splits,
                  "NAME=START:END (repeatable): records [START, END) into DIR/NAME");
   app.add_option("--samples-per-shard", o.samples_per_shard, "Samples per shard file, at most")
+      ->check(number_in(1))
+      ->capture_default_str();
+  app.add_option("--max-record-bytes", o.max_record_bytes,
+                 "A record whose instruction + input + output exceed this many bytes is bad")
       ->check(number_in(1))
       ->capture_default_str();
   add_choice(app, "--on-bad-record", o.on_bad_record,
@@ -373,6 +379,10 @@ FinetuneToolOptions parse_finetune(int argc, char** argv) {
   app.add_option("--eval-data", o.eval_data,
                  "Held-out dataset directory from llt-tokenize: its perplexity at step 0, every "
                  "--eval-every steps and at the end")
+      ->capture_default_str();
+  app.add_option("--hf-base", o.hf_base,
+                 "Hub name of the base model for adapter-peft/ (e.g. meta-llama/Llama-2-7b-hf; "
+                 "default: an HF --model folder's _name_or_path)")
       ->capture_default_str();
   app.add_option("--eval-every", o.eval_every, "Evaluate on --eval-data every N steps (0: only "
                  "at step 0 and at the end)")

@@ -60,6 +60,7 @@ struct Run {
   int64_t pad_id = 0;
   LoadedModel loaded;
   ProcessGroup* group = nullptr;            // data parallel, else none
+  int64_t base_layers = 0;                  // the checkpoint's blocks (--n-layers may keep fewer)
   std::optional<Dataset> eval_data;         // --eval-data
   std::vector<ScoredSequence> eval_share;   // its samples this rank scores
 };
@@ -102,6 +103,22 @@ int64_t memory_cap_bytes(const TrainOptions& t) {
   return static_cast<int64_t>(t.memory_cap_gib * double(int64_t{1} << 30));
 }
 
+// adapter-peft/'s base_model_name_or_path: --hf-base, else the _name_or_path of a Hugging Face
+// --model folder's config.json when it is a Hub name (not a local path); else none (null), never
+// --model itself (a local path, a llama2.c file or a preset).
+std::string hf_base_name(const FinetuneToolOptions& o) {
+  if (!o.hf_base.empty()) return o.hf_base;
+  const fs::path config = fs::path(o.model.model) / "config.json";
+  std::error_code ec;
+  if (!fs::is_regular_file(config, ec)) return "";
+  const auto j = nlohmann::json::parse(read_file(config), nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object() || !j.contains("_name_or_path") || !j["_name_or_path"].is_string()) return "";
+  const std::string name = j["_name_or_path"];
+  const bool hub = !name.empty() && name[0] != '/' && name[0] != '.' && name[0] != '~' &&
+                   std::count(name.begin(), name.end(), '/') <= 1 && !fs::exists(name, ec);
+  return hub ? name : "";
+}
+
 // Checks the options, loads the dataset and the model, adds LoRA (or makes every weight
 // trainable) and seeds LoRA's init and the dropout streams.
 Run prepare_run(const FinetuneToolOptions& o, const DistributedConfig& dist) {
@@ -120,6 +137,7 @@ Run prepare_run(const FinetuneToolOptions& o, const DistributedConfig& dist) {
   if (o.lora.rank > 0) validate_lora_options(o.lora, "--lora-*");
 
   const ModelArgs args = read_model_args(o.model.model);
+  r.base_layers = args.n_layers;
   DatasetRequirements needs;
   needs.model_vocab_size = args.vocab_size;
   r.data = Dataset::open(o.data, needs);
@@ -436,7 +454,8 @@ void train(Trainer& t, Run& r, const FinetuneToolOptions& o, Logs& logs,
   if (lead && o.lora.rank > 0) {
     const auto t0 = std::chrono::steady_clock::now();
     save_adapter(r.dir / "adapter", *r.loaded.model, o.lora);
-    export_peft_adapter(r.dir / "adapter-peft", *r.loaded.model, o.lora, o.model.model);
+    export_peft_adapter(r.dir / "adapter-peft", *r.loaded.model, o.lora, hf_base_name(o),
+                        r.base_layers);
     t.state().saving_s += seconds_since(t0);
   }
 }

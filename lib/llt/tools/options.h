@@ -122,6 +122,7 @@ struct TokenizeToolOptions {
   int64_t first = 0;      // --first: records to take after --skip; 0 = all the rest
   std::vector<std::string> splits;  // --split NAME=START:END (repeatable): records -> DIR/NAME
   int64_t samples_per_shard = 10000;     // --samples-per-shard: samples per HDF5 file, at most
+  int64_t max_record_bytes = 1048576;    // --max-record-bytes: a longer record is bad (1 MiB)
   OnBadRecord on_bad_record = OnBadRecord::kFail;  // --on-bad-record: fail | skip
   bool overwrite = false;  // --overwrite: replace an existing dataset in --output
   int threads = 0;         // --threads: 0 = SLURM_CPUS_PER_TASK, else all cores
@@ -160,6 +161,9 @@ struct FinetuneToolOptions {
   // --eval-every steps (0: no others) and at the end.
   std::string eval_data;
   int64_t eval_every = 0;
+  // --hf-base: the base model's Hugging Face Hub name for adapter-peft/'s
+  // base_model_name_or_path; default: an HF --model folder's own _name_or_path.
+  std::string hf_base;
   std::string output;         // --output: the run folder (refused if it exists, but --resume auto)
   std::string config_text;    // the resolved options as TOML (written to the run folder)
   std::string command_line;   // as typed

@@ -16,6 +16,7 @@
 #include "llt/runtime.h"
 #include "llt/sha256.h"
 #include "llt/shards.h"
+#include "llt/tools/dataset_folder.h"
 
 namespace llt::tools {
 namespace fs = std::filesystem;
@@ -40,60 +41,6 @@ int64_t parse_index(const std::string& text, const std::string& spec) {
   return value;
 }
 
-// Whether `dir` holds llt-tokenize output (a manifest or shard files).
-bool is_dataset_dir(const fs::path& dir) {
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(dir, ec)) {
-    const std::string name = entry.path().filename().string();
-    if (name.rfind("manifest.json", 0) == 0 || name.rfind("shard-", 0) == 0) return true;
-  }
-  return false;
-}
-
-// Removes a previous dataset from `dir`: the manifest first (so the directory stops looking
-// finished), then shard files and temp files, then split subdirectories holding datasets. Other
-// files are left alone.
-void clear_dataset(const fs::path& dir) {
-  std::error_code ec;
-  fs::remove(dir / "manifest.json", ec);
-  std::vector<fs::path> doomed, subdirs;
-  for (const auto& entry : fs::directory_iterator(dir)) {
-    const std::string name = entry.path().filename().string();
-    if (entry.is_directory() && is_dataset_dir(entry.path())) {
-      subdirs.push_back(entry.path());
-    } else if (name.rfind("shard-", 0) == 0 || name.rfind("manifest.json", 0) == 0) {
-      doomed.push_back(entry.path());
-    }
-  }
-  for (const auto& path : doomed) fs::remove(path);
-  for (const auto& sub : subdirs) {
-    clear_dataset(sub);
-    if (fs::is_empty(sub)) fs::remove(sub);
-  }
-}
-
-// An existing non-empty --output is refused unless --overwrite. Throws InputError.
-void check_output(const fs::path& dir, bool overwrite) {
-  std::error_code ec;
-  if (!fs::exists(dir, ec)) return;
-  if (!fs::is_directory(dir, ec)) {
-    throw InputError(dir.string() + ": exists and is not a directory (--output)");
-  }
-  if (!overwrite && !fs::is_empty(dir, ec)) {
-    throw InputError(dir.string() + ": already exists and is not empty (--output); pass " +
-                     "--overwrite to replace the dataset in it");
-  }
-}
-
-// Creates --output, or clears the dataset an existing one holds (--overwrite).
-void prepare_output(const fs::path& dir, bool overwrite) {
-  check_output(dir, overwrite);
-  std::error_code ec;
-  if (fs::exists(dir, ec)) clear_dataset(dir);
-  fs::create_directories(dir, ec);
-  if (ec) throw RuntimeError(dir.string() + ": cannot create the directory: " + ec.message());
-}
-
 std::vector<SplitSpec> selections(const TokenizeToolOptions& o, int64_t n,
                                   const std::string& file) {
   std::vector<SplitSpec> out;
@@ -108,6 +55,19 @@ std::vector<SplitSpec> selections(const TokenizeToolOptions& o, int64_t n,
       if (!names.insert(out.back().name).second) {
         throw InputError("--split '" + spec + "': the name '" + out.back().name +
                          "' is used twice");
+      }
+    }
+    // A record in two splits (train and eval) would leak one into the other.
+    for (size_t i = 0; i < out.size(); ++i) {
+      for (size_t k = i + 1; k < out.size(); ++k) {
+        const int64_t start = std::max(out[i].start, out[k].start);
+        const int64_t end = std::min(out[i].end, out[k].end);
+        if (start < end) {
+          throw InputError("--split '" + o.splits[i] + "' and --split '" + o.splits[k] +
+                           "' overlap: records [" + std::to_string(start) + ", " +
+                           std::to_string(end) + ") would be in both '" + out[i].name + "' and '" +
+                           out[k].name + "'");
+        }
       }
     }
   } else {
@@ -143,19 +103,22 @@ void flush_shard(const fs::path& dir, ShardData& data, Manifest& m) {
   if (data.size() == 0) return;
   ShardAttributes attributes = m.attributes;
   attributes.first_index = data.source_indices.front();
-  const std::string name = shard_file_name(static_cast<int64_t>(m.shards.size()));
+  const std::string name = shard_file_name(m.generation, static_cast<int64_t>(m.shards.size()));
   write_shard(dir / name, data, attributes);
   m.shards.push_back(
       {name, data.size(), data.tokens(), attributes.first_index, sha256_file(dir / name)});
   data = ShardData{};
 }
 
-// Writes one split's shards and manifest; returns its manifest.
+// Writes one split's shards (of run `generation`); returns its manifest, for
+// DatasetFolders::commit to publish.
 Manifest write_split(const Context& c, const SplitSpec& split, const fs::path& dir,
-                     const AlpacaFile& file, const std::vector<int64_t>& sample_of,
+                     int64_t generation, const AlpacaFile& file,
+                     const std::vector<int64_t>& sample_of,
                      const std::vector<AlpacaSample>& samples) {
   const TokenizeToolOptions& o = *c.options;
   Manifest m;
+  m.generation = generation;
   m.attributes.tokenizer_sha256 = c.tokenizer->sha256();
   m.attributes.vocab_size = c.tokenizer->vocab_size();
   m.attributes.bos_id = c.tokenizer->bos_id();
@@ -194,7 +157,6 @@ Manifest write_split(const Context& c, const SplitSpec& split, const fs::path& d
   }
   flush_shard(dir, shard, m);
   m.label_tokens = m.tokens - m.source_tokens;
-  write_manifest(dir, m);
   return m;
 }
 
@@ -211,6 +173,7 @@ void print_split(const Manifest& m, const fs::path& dir) {
 void check_options(const TokenizeToolOptions& o) {
   if (o.max_len < 2) throw InputError("--max-len must be at least 2 (BOS and one token)");
   if (o.samples_per_shard < 1) throw InputError("--samples-per-shard must be at least 1");
+  if (o.max_record_bytes < 1) throw InputError("--max-record-bytes must be at least 1");
 }
 
 // The selected records that are not bad, in order; sample_of[i] is record i's position in that
@@ -351,7 +314,7 @@ int run_tokenize(const TokenizeToolOptions& o, const std::string& command_line) 
   c.command_line = command_line;
   const std::string text = read_file(c.input);
   c.source_sha256 = sha256_hex(text);
-  const AlpacaFile file = parse_alpaca_records(text, c.input);
+  const AlpacaFile file = parse_alpaca_records(text, c.input, o.max_record_bytes);
   c.input_format = file.format;
   const std::vector<SplitSpec> splits =
       selections(o, static_cast<int64_t>(file.records.size()), c.input);
@@ -361,16 +324,23 @@ int run_tokenize(const TokenizeToolOptions& o, const std::string& command_line) 
       tokenize_records(file.records, indices, tokenizer, o.max_len, threads);
   for (const auto& split : splits) check_has_samples(split, sample_of, samples, c);
 
-  prepare_output(out_dir, o.overwrite);  // nothing was written before this point
-  int64_t written = 0;
+  // Nothing was written before this point. The new shards go beside the old dataset, which stays
+  // whole until commit() publishes the new manifests; a failure removes what this run wrote.
+  std::vector<fs::path> dirs;
   for (const auto& split : splits) {
-    const fs::path dir = split.name.empty() ? out_dir : out_dir / split.name;
-    std::error_code ec;
-    fs::create_directories(dir, ec);
-    if (ec) throw RuntimeError(dir.string() + ": cannot create the directory: " + ec.message());
-    const Manifest m = write_split(c, split, dir, file, sample_of, samples);
-    print_split(m, dir);
-    written += m.samples;
+    dirs.push_back(split.name.empty() ? out_dir : out_dir / split.name);
+  }
+  DatasetFolders folders(out_dir, dirs);
+  std::vector<Manifest> manifests;
+  for (size_t i = 0; i < splits.size(); ++i) {
+    manifests.push_back(
+        write_split(c, splits[i], dirs[i], folders.generation(), file, sample_of, samples));
+  }
+  folders.commit(manifests);
+  int64_t written = 0;
+  for (size_t i = 0; i < splits.size(); ++i) {
+    print_split(manifests[i], dirs[i]);
+    written += manifests[i].samples;
   }
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();

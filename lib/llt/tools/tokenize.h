@@ -37,7 +37,8 @@ std::vector<AlpacaSample> tokenize_records(const std::vector<AlpacaRecord>& reco
 
 // Runs llt-tokenize end to end; returns the exit code. `command_line` is recorded in each
 // manifest. Throws InputError on bad options or input (nothing is written then), RuntimeError
-// on I/O failures.
+// on I/O failures, OutOfMemoryError when tokenizing runs out of memory; a failed run leaves
+// --output as it was (dataset_folder.h).
 int run_tokenize(const TokenizeToolOptions& options, const std::string& command_line);
 
 }  // namespace llt::tools
