@@ -143,6 +143,13 @@ nlohmann::json read_json(const fs::path& path) {
   return nlohmann::json::parse(llt::read_file(path));
 }
 
+// Why the client venv (scripts/client-venv.sh) is not there, for a client test's skip.
+std::string no_venv_reason(const fs::path& venv) {
+  const fs::path skip = venv.string() + ".skip";
+  return "no client venv at " + venv.string() + ": " +
+         (fs::exists(skip) ? llt::read_file(skip) : "scripts/client-venv.sh did not run");
+}
+
 }  // namespace
 
 // ----- the library
@@ -520,12 +527,7 @@ TEST(ExportReference, PythonReferenceGivesLltsLogitsOnTheStoriesExport) {
 // logits up to ~15); and its tokenizer gives llt's ids.
 TEST(ExportClients, TransformersLoadsTheStoriesExportWithLltsLogits) {
   const fs::path venv = LLT_CLIENT_VENV;
-  if (!fs::exists(venv / ".complete")) {
-    const fs::path skip = venv.string() + ".skip";
-    GTEST_SKIP() << "no client venv at " << venv.string() << ": "
-                 << (fs::exists(skip) ? llt::read_file(skip)
-                                      : "scripts/client-venv.sh did not run");
-  }
+  if (!fs::exists(venv / ".complete")) GTEST_SKIP() << no_venv_reason(venv);
   TempDir dir;
   const fs::path adapter = make_adapter(dir.path);
   std::string pairs;
@@ -554,4 +556,63 @@ TEST(ExportClients, TransformersLoadsTheStoriesExportWithLltsLogits) {
             std::string::npos)
       << checked.output;
   std::cout << checked.output;
+}
+
+// PEFT both ways, with peft itself (data_prep/check_peft.py in the client venv):
+// PeftModel.from_pretrained puts llt's adapter-peft/ on the exported base and gives llt's logits;
+// adapters peft made (get_peft_model + save_pretrained on the export, every lora_B drawn), one on
+// every linear map and one on q, k and down_proj of blocks 1 and 3 only, load into llt with
+// peft's logits, and so does llt-export's merge of each. fp32: the bound is the forwards' own
+// rounding, as for transformers above.
+TEST(ExportClients, PeftLoadsLltsAdapterAndLltLoadsPeftsOwn) {
+  const fs::path venv = LLT_CLIENT_VENV;
+  if (!fs::exists(venv / ".complete")) GTEST_SKIP() << no_venv_reason(venv);
+  TempDir dir;
+  const fs::path base = dir.path / "base";
+  auto r = run_tool(export_command("--model " + kStoriesBin + " --tokenizer " + kTok512 +
+                                   " --output " + base.string()));
+  ASSERT_EQ(r.code, 0) << r.output;
+  // llt's adapter in PEFT's layout, as llt-finetune writes adapter-peft/.
+  const fs::path adapter = make_adapter(dir.path);
+  const fs::path adapter_peft = dir.path / "adapter-peft";
+  {
+    llt::LoadedModel m = llt::load_model(kStoriesBin, llt::LoadOptions{});
+    const llt::LoraOptions options = llt::load_adapter(adapter, *m.model);
+    llt::export_peft_adapter(adapter_peft, *m.model, options, "", m.model->args().n_layers);
+  }
+  const fs::path llt_logits = write_llt_logits(adapter.string(), dir.path / "llt.logits");
+  const fs::path all = dir.path / "peft-all";
+  const fs::path some = dir.path / "peft-some";
+  const std::string b = base.string() + " ";
+  const auto checked =
+      run_shell((venv / "bin/python").string() + " " + LLT_SOURCE_DIR + "/data_prep/check_peft.py" +
+                " --atol 1e-4 --on " + b + adapter_peft.string() + " " + llt_logits.string() +
+                " --make " + b + all.string() + " " + llt_logits.string() +
+                " all q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj" + " --make " + b +
+                some.string() + " " + llt_logits.string() + " 1,3 q_proj,k_proj,down_proj 2>&1");
+  ASSERT_EQ(checked.code, 0) << checked.output;
+  std::cout << checked.output;
+
+  for (const fs::path& made : {all, some}) {
+    llt::SafetensorsFile peft_out(made.string() + ".logits");
+    const at::Tensor expected = peft_out.read("logits");
+    ASSERT_TRUE(at::equal(peft_out.read("tokens"), test_tokens()));
+    llt::LoadedModel plain = load(kStoriesBin);
+    const double moved = max_abs_diff(logits_of(plain), expected);
+    // The adapter as --adapter loads it.
+    llt::LoadedModel m = load(kStoriesBin, made.string());
+    const double diff = max_abs_diff(logits_of(m), expected);
+    // The adapter merged by llt-export, then the folder loaded.
+    const fs::path merged = dir.path / (made.filename().string() + "-merged");
+    r = run_tool(export_command("--model " + kStoriesBin + " --tokenizer " + kTok512 +
+                                " --adapter " + made.string() + " --output " + merged.string()));
+    ASSERT_EQ(r.code, 0) << r.output;
+    llt::LoadedModel folder = load(merged.string());
+    const double merged_diff = max_abs_diff(logits_of(folder), expected);
+    std::cout << made.filename().string() << ": max |llt - peft| = " << diff << ", exported merged "
+              << merged_diff << " (the adapter moves them by " << moved << ")\n";
+    EXPECT_LE(diff, 1e-4) << made;
+    EXPECT_LE(merged_diff, 1e-4) << made;
+    EXPECT_GT(moved, 1e-2) << made;
+  }
 }

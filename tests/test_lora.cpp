@@ -12,12 +12,13 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include "test_support.h"
 #include "llt/errors.h"
 #include "llt/io.h"
 #include "llt/lora.h"
 #include "llt/model.h"
 #include "llt/safetensors.h"
+
+#include "test_support.h"
 
 namespace llt {
 namespace {
@@ -305,7 +306,8 @@ TEST(Lora, PeftExportMatchesPythonReference) {
     }
   }
   TempDir dir;
-  export_peft_adapter(dir.path, *model, options, "meta-llama/Llama-2-7b-hf", model->args().n_layers);
+  export_peft_adapter(dir.path, *model, options, "meta-llama/Llama-2-7b-hf",
+                      model->args().n_layers);
 
   SafetensorsFile file(dir.path / "adapter_model.safetensors");
   std::map<std::string, std::vector<int64_t>> keys;
@@ -334,7 +336,6 @@ TEST(Lora, PeftExportMatchesPythonReference) {
     EXPECT_EQ(config.at(key), value) << key;
   }
 }
-
 
 // llt adapter -> PEFT layout -> llt: the same parameters bit for bit, so the same logits. The
 // tiny preset has grouped K/V heads (8 q, 4 kv): both q and k row permutations are undone.
@@ -414,6 +415,31 @@ TEST(Lora, PeftAdapterOfFewerLayersAdaptsOnlyThose) {
 }
 
 // What a Hugging Face PEFT adapter may hold that llt does not compute is refused by name.
+// The config's target_modules are the adapter's targets, none added: a PEFT adapter on q, k and
+// down_proj (peft's own made one found llt adding its default wv).
+TEST(Lora, PeftAdapterTargetsAreTheConfigsAlone) {
+  LoraOptions options = all_targets(2);
+  options.targets = {"wq", "wk", "w2"};
+  auto model = tiny_model();
+  apply_lora(*model, options);
+  randomize_b(*model, 4);
+  TempDir dir;
+  export_peft_adapter(dir.path, *model, options, "", model->args().n_layers);
+  auto loaded = tiny_model();
+  const LoraOptions read = load_adapter(dir.path, *loaded);
+  EXPECT_EQ(read.targets, options.targets);
+  EXPECT_EQ(read_adapter(dir.path, loaded->args()).modules.size(),
+            static_cast<size_t>(3 * loaded->args().n_layers));
+  for (const auto& [name, p] : lora_parameters(*model)) {
+    bool found = false;
+    for (const auto& [other, q] : lora_parameters(*loaded)) {
+      if (other == name) found = bitwise_equal(p, q);
+    }
+    EXPECT_TRUE(found) << name;
+  }
+  EXPECT_EQ(lora_parameters(*loaded).size(), lora_parameters(*model).size());
+}
+
 TEST(Lora, PeftAdaptersLltCannotComputeAreRefused) {
   LoraOptions options = all_targets(2);
   auto model = tiny_model();
@@ -430,6 +456,10 @@ TEST(Lora, PeftAdaptersLltCannotComputeAreRefused) {
       {{{"modules_to_save", json::array({"lm_head"})}}, "'modules_to_save'"},
       {{{"rank_pattern", {{"q_proj", 8}}}}, "'rank_pattern'"},
       {{{"alpha_pattern", {{"q_proj", 8}}}}, "'alpha_pattern'"},
+      {{{"alora_invocation_tokens", json::array({5, 6})}}, "'alora_invocation_tokens'"},
+      {{{"target_parameters", json::array({"experts.gate_up_proj"})}}, "'target_parameters'"},
+      {{{"exclude_modules", json::array({"layers.0.self_attn.q_proj"})}}, "'exclude_modules'"},
+      {{{"use_qalora", true}}, "'use_qalora'"},
       {{{"peft_type", "PREFIX_TUNING"}}, "'peft_type'"},
       {{{"target_modules", "q_proj|v_proj"}}, "'target_modules'"},
       {{{"target_modules", json::array({"q_proj", "lm_head"})}}, "'lm_head'"},

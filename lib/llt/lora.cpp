@@ -363,7 +363,18 @@ LoraAdapter read_peft_adapter(const fs::path& dir, const json& config, const Mod
            {"alpha_pattern", "per-module alphas"},
            {"fan_in_fan_out", "fan_in_fan_out"},
            {"lora_bias", "LoRA biases"},
-           {"layer_replication", "layer_replication"}}) {
+           {"layer_replication", "layer_replication"},
+           // Later PEFT variants (0.21 writes them null or false when unused).
+           {"exclude_modules", "exclude_modules"},
+           {"target_parameters", "LoRA on parameters"},
+           {"trainable_token_indices", "trainable token embeddings"},
+           {"alora_invocation_tokens", "aLoRA"},
+           {"arrow_config", "Arrow routing"},
+           {"use_qalora", "QALoRA"},
+           {"use_bdlora", "BD-LoRA"},
+           {"kasa_config", "KaSA"},
+           {"velora_config", "VeLoRA"},
+           {"monteclora_config", "MonteCLoRA"}}) {
     if (is_set(key)) {
       throw InputError(where + "field '" + key + "' is " + config[key].dump() + ": " + what +
                        " is not supported by llt (plain LoRA only)");
@@ -381,6 +392,7 @@ LoraAdapter read_peft_adapter(const fs::path& dir, const json& config, const Mod
                      "field 'target_modules' must be a list of module names (q_proj, "
                      "k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)");
   }
+  options.targets.clear();  // LoraOptions' default targets are llt-finetune's (wq, wv)
   std::map<std::string, std::string> meta_of;  // "q_proj" -> "wq"
   for (const auto& t : lora_target_names()) {
     meta_of[last_component(hf_module_path("layers.0." + block_module_path(t)))] = t;

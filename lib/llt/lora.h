@@ -101,7 +101,8 @@ struct LoraAdapter {
 // LORA, adapter_model.safetensors or .bin), as export_peft_adapter and PEFT's save_pretrained
 // write it: r, lora_alpha, lora_dropout and target_modules from the config, q/k lora_B rows
 // un-permuted; modules of blocks outside layers_to_transform are left out. DoRA, rsLoRA,
-// biases, modules_to_save and per-module ranks or alphas are refused by name. Throws InputError
+// biases, modules_to_save, per-module ranks or alphas and later variants (aLoRA, QALoRA,
+// exclude_modules, ...) are refused by name. Throws InputError
 // naming the file and the field or key on another format, a mismatch, a missing, mis-shaped or
 // extra tensor.
 LoraAdapter read_adapter(const std::filesystem::path& dir, const ModelArgs& args);
