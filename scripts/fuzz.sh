@@ -6,8 +6,8 @@
 # non-llt exception, except inputs listed in fuzz/known-libtorch.txt (crashes inside LibTorch,
 # recorded there and in fuzz/README.md). New crash inputs are left in
 # build-fuzz/artifacts/<target>/.
-# Not part of scripts/test.sh (CI's time budget): run it after changing a parser of user files,
-# at least that parser's target (fuzz/README.md). Installs what it needs (root, as install-deps.sh).
+# scripts/test.sh (so CI) runs it with LLT_FUZZ_TIME=30; run it too after changing a parser of user
+# files, that parser's target longer (fuzz/README.md). Installs what it needs (root, as install-deps.sh).
 # Usage: scripts/fuzz.sh [target...]      (default: every target; names as in fuzz/CMakeLists.txt)
 #        LLT_FUZZ_TIME=300 scripts/fuzz.sh pth     (one target, longer)
 set -euo pipefail
@@ -16,8 +16,8 @@ fuzz_time=${LLT_FUZZ_TIME:-20}
 parallel=${LLT_FUZZ_PARALLEL:-2}
 build=build-fuzz
 
-# The build's packages and what only fuzzing needs (CI does not fuzz, so install-deps.sh leaves
-# them out unless named): clang, libFuzzer with ASan/UBSan (libclang-rt-14-dev), llvm-symbolizer.
+# The build's packages and what only fuzzing needs (install-deps.sh leaves them out unless
+# named): clang, libFuzzer with ASan/UBSan (libclang-rt-14-dev), llvm-symbolizer.
 scripts/install-deps.sh clang-14 libclang-rt-14-dev llvm-14
 cxx=$(command -v clang++-14)
 cc=$(command -v clang-14)

@@ -5,8 +5,8 @@
 # rehearses the GPU machine's check (scripts/gpu-check.sh --dry-run). Where the
 # CUDA build cannot be made (no nvcc, no PyPI) its half is skipped with a message, unless
 # LLT_REQUIRE_CUDA=1 (CI), which makes that a failure. Extra arguments go to both ctest runs
-# (e.g. -L slow, -R Tokenizer). It does not fuzz: scripts/fuzz.sh (8-10.5 min cold) would take
-# CI past its hour; the inputs the fuzzers found are unit tests in the suite (fuzz/README.md).
+# (e.g. -L slow, -R Tokenizer). Between the two suites it fuzzes: scripts/fuzz.sh, every target
+# LLT_FUZZ_TIME seconds (default here 30), after replaying the kept crash inputs (fuzz/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -23,6 +23,9 @@ run_ctest() {
 failed=()
 echo "== test.sh: the suite on Debian's LibTorch 1.13 (build/)"
 run_ctest build "$@" || failed+=("build/ (LibTorch 1.13)")
+
+echo "== test.sh: scripts/fuzz.sh (every parser of user files, ${LLT_FUZZ_TIME:-30} s each)"
+LLT_FUZZ_TIME=${LLT_FUZZ_TIME:-30} scripts/fuzz.sh || failed+=("scripts/fuzz.sh (build-fuzz/)")
 
 echo "== test.sh: the suite on the CUDA LibTorch 2.11 build (build-cuda/)"
 cuda=0
@@ -50,4 +53,4 @@ if ((${#failed[@]} > 0)); then
   printf 'test.sh: FAILED: %s\n' "${failed[@]}" >&2
   exit 1
 fi
-echo "test.sh: both suites passed"
+echo "test.sh: both suites and the fuzz run passed"
