@@ -353,8 +353,8 @@ TEST(Report, RunNamesAreNeverEvaluatedByGnuplot) {
   ASSERT_EQ(run_report(o), 0);
   for (const std::string name : {"loss", "memory", "table2"}) {
     EXPECT_EQ(read_file(out / "plots" / (name + ".png")).substr(0, 4), "\x89PNG") << name;
-    const std::string cmd = "cd '" + (out / "plots").string() + "' && gnuplot " + name +
-                            ".gp > /dev/null 2>&1";
+    const std::string cmd =
+        "cd '" + (out / "plots").string() + "' && gnuplot " + name + ".gp > /dev/null 2>&1";
     EXPECT_EQ(std::system(cmd.c_str()), 0) << name;
   }
   for (const auto& root : {out, out / "plots", dir, dir / "runs"}) {
@@ -417,8 +417,8 @@ TEST(Report, RelativeGnuplotPathIsFromTheStartFolder) {
   const auto dir = fresh_dir("relative-gnuplot");
   write_text(dir / "bin" / "gp", "#!/bin/sh\nexec gnuplot \"$@\"\n");
   fs::permissions(dir / "bin" / "gp", fs::perms::owner_all);
-  const std::string cmd = "cd '" + dir.string() + "' && " + LLT_BINARY_DIR +
-                          "/bin/llt-report '" + kRuns + "/none-ga1-mp1-lora1' --output out " +
+  const std::string cmd = "cd '" + dir.string() + "' && " + LLT_BINARY_DIR + "/bin/llt-report '" +
+                          kRuns + "/none-ga1-mp1-lora1' --output out " +
                           "--gnuplot bin/gp > log.txt 2>&1";
   EXPECT_EQ(std::system(cmd.c_str()), 0) << read_file(dir / "log.txt");
   EXPECT_TRUE(fs::exists(dir / "out" / "plots" / "loss.png")) << read_file(dir / "log.txt");
@@ -435,6 +435,10 @@ TEST(Report, BadFoldersAndFilesAreOneLineErrors) {
   write_text(broken / "summary.json", "{\"status\": \"ok\",");
   expect_input_error([&] { read_run(broken); },
                      {(broken / "summary.json").string(), "not valid JSON"});
+  // A number beyond double's range, which nlohmann throws as out_of_range, not parse_error.
+  write_text(broken / "summary.json", "{\"status\": \"ok\", \"runtime_s\": 1e400}");
+  expect_input_error([&] { read_run(broken); },
+                     {(broken / "summary.json").string(), "not valid JSON", "number overflow"});
 
   const auto typed = copy_run("none-ga0-mp0-lora1", dir / "typed");
   std::string text = read_file(typed / "summary.json");
@@ -558,8 +562,9 @@ TEST(Report, NullPerplexityIsNan) {
   EXPECT_NE(before_after_markdown({r}).find("| `base` | NaN | NaN | 1000 | 10 | labels |"),
             std::string::npos)
       << before_after_markdown({r});
-  write_text(nan_run / "perplexity.json", "{\"mean_nll\": \"nan\", \"perplexity\": 1, "
-                                          "\"tokens\": 1}");
+  write_text(nan_run / "perplexity.json",
+             "{\"mean_nll\": \"nan\", \"perplexity\": 1, "
+             "\"tokens\": 1}");
   expect_input_error([&] { read_run(nan_run); }, {"'mean_nll'", "a number"});
 }
 

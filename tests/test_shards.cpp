@@ -13,10 +13,11 @@
 #include <nlohmann/json.hpp>
 #include <unistd.h>
 
-#include "test_support.h"
 #include "llt/errors.h"
 #include "llt/io.h"
 #include "llt/shards.h"
+
+#include "test_support.h"
 
 namespace {
 
@@ -24,8 +25,6 @@ using llt::testing::expect_input_error;
 using llt::testing::fresh_dir;
 
 namespace fs = std::filesystem;
-
-
 
 llt::ShardAttributes attributes() {
   llt::ShardAttributes a;
@@ -300,6 +299,16 @@ TEST(Manifest, KeptFuzzInputVocabSize1e300IsRefused) {
                 dir / "manifest.json");
   expect_input_error([&] { llt::read_manifest(dir); },
                      {"manifest.json", "'vocab_size'", "wrong type (number)"});
+}
+
+TEST(Manifest, KeptFuzzInputNumberBeyondDoubleIsRefused) {
+  // fuzz/crashes/manifest/: a manifest holding the number 5e883, which nlohmann throws as
+  // out_of_range (not parse_error): it escaped read_manifest as a non-llt exception.
+  const auto dir = fresh_dir("manifest_fuzz_overflow");
+  fs::copy_file(fs::path(LLT_SOURCE_DIR) / "fuzz/crashes/manifest/number-overflow-5e883.json",
+                dir / "manifest.json");
+  expect_input_error([&] { llt::read_manifest(dir); },
+                     {"manifest.json", "not valid JSON", "number overflow"});
 }
 
 // A manifest that names a shard twice (trained twice an epoch) or a file outside the dataset

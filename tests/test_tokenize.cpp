@@ -21,7 +21,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "test_support.h"
 #include "llt/alpaca.h"
 #include "llt/dataset.h"
 #include "llt/encode_cache.h"
@@ -29,8 +28,10 @@
 #include "llt/io.h"
 #include "llt/sha256.h"
 #include "llt/shards.h"
-#include "llt/tools/tokenize.h"
 #include "llt/tokenizer.h"
+#include "llt/tools/tokenize.h"
+
+#include "test_support.h"
 
 using namespace llt::tools;  // the tool layer under test
 
@@ -68,7 +69,6 @@ const llt::AlpacaFile& alpaca() {
   return file;
 }
 
-
 llt::tools::TokenizeToolOptions options(const fs::path& output) {
   llt::tools::TokenizeToolOptions o;
   o.tokenizer = kLlama2.string();
@@ -76,7 +76,6 @@ llt::tools::TokenizeToolOptions options(const fs::path& output) {
   o.threads = 2;
   return o;
 }
-
 
 // Every shard of a dataset directory, concatenated in manifest order.
 llt::ShardData read_all(const fs::path& dir) {
@@ -260,6 +259,27 @@ TEST(AlpacaSample, UnicodeAndWhitespaceEdgeCasesMatchTheReference) {
     EXPECT_EQ(s.ids, g["ids"].get<std::vector<int32_t>>());
     EXPECT_EQ(s.source_length, g["source_length"].get<int32_t>());
   }
+}
+
+// A number beyond double's range (1e400) is not JSON to nlohmann, which throws out_of_range, not
+// parse_error (fuzz_manifest found it in manifest.json): in a JSON array the file is refused
+// naming it, in JSONL that line is a bad record and the others parse.
+TEST(AlpacaRecords, NumberBeyondDoubleIsInvalidJson) {
+  expect_input_error(
+      [] {
+        llt::parse_alpaca_records(R"([{"instruction": "a", "input": 1e400, "output": "b"}])",
+                                  "big.json");
+      },
+      {"big.json", "invalid JSON", "number overflow"});
+  const auto f = llt::parse_alpaca_records(
+      "{\"instruction\": \"a\", \"input\": \"\", \"output\": \"b\"}\n"
+      "{\"instruction\": \"a\", \"input\": 1e400, \"output\": \"b\"}\n",
+      "big.jsonl");
+  ASSERT_EQ(f.records.size(), 2u);
+  ASSERT_EQ(f.bad.size(), 1u);
+  EXPECT_EQ(f.bad[0].index, 1);
+  EXPECT_NE(f.bad[0].reason.find("number overflow"), std::string::npos) << f.bad[0].reason;
+  EXPECT_NE(f.bad[0].reason.find("line 2"), std::string::npos) << f.bad[0].reason;
 }
 
 TEST(AlpacaSample, PromptsAreStanfordAlpacasTemplates) {
@@ -640,7 +660,8 @@ TEST(LltTokenize, ExistingOutputIsRefusedUnlessOverwrite) {
   std::ofstream(dir / "out" / "shard-notes.txt") << "mine too, though it starts like a shard\n";
   const std::string before = llt::read_file(dir / "out" / "manifest.json");
   o.first = 50;
-  expect_input_error([&] { llt::tools::run_tokenize(o, "second"); }, {"already exists", "--overwrite"});
+  expect_input_error([&] { llt::tools::run_tokenize(o, "second"); },
+                     {"already exists", "--overwrite"});
   EXPECT_EQ(llt::read_file(dir / "out" / "manifest.json"), before);
   o.overwrite = true;
   ASSERT_EQ(llt::tools::run_tokenize(o, "second"), 0);
@@ -660,7 +681,6 @@ TEST(LltTokenize, ExistingOutputIsRefusedUnlessOverwrite) {
 }
 
 // ----- the binary
-
 
 TEST(LltTokenizeTool, WritesADatasetAndRecordsTheCommandLine) {
   const auto dir = fresh_dir("tool");

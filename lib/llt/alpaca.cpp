@@ -7,6 +7,7 @@
 
 #include "llt/encode_cache.h"
 #include "llt/errors.h"
+#include "llt/json_fields.h"
 #include "llt/utf8.h"
 
 namespace llt {
@@ -184,6 +185,8 @@ void parse_json_array(const Utf8Scrub& scrub, const std::string& file, int64_t m
     doc = nlohmann::json::parse(scrub.text);
   } catch (const nlohmann::json::parse_error& e) {
     throw InputError(file + ": " + syntax_error(scrub, e, 0));
+  } catch (const nlohmann::json::out_of_range& e) {  // a number beyond double's range: 1e400
+    throw InputError(file + ": invalid JSON: " + number_overflow(e));
   }
   if (!doc.is_array()) {
     throw InputError(file + ": expected a JSON array of Alpaca records, found " + json_type(doc));
@@ -205,6 +208,11 @@ void parse_json_lines(const Utf8Scrub& scrub, int64_t max_bytes, AlpacaFile& out
       } catch (const nlohmann::json::parse_error& e) {
         out.bad.push_back(
             {static_cast<int64_t>(out.records.size()), "", syntax_error(scrub, e, begin)});
+        out.records.emplace_back();
+      } catch (const nlohmann::json::out_of_range& e) {  // a number beyond double's range
+        out.bad.push_back(
+            {static_cast<int64_t>(out.records.size()), "",
+             "invalid JSON at " + line_column(scrub.text, begin) + ": " + number_overflow(e)});
         out.records.emplace_back();
       }
     }

@@ -19,6 +19,13 @@ std::string quote(const json& v) {
 
 }  // namespace
 
+// nlohmann's message for a number beyond double's range, without its "[json.exception...] " tag.
+std::string number_overflow(const json::out_of_range& e) {
+  const std::string what = e.what();  // "[json.exception.out_of_range.406] number overflow ..."
+  const auto bracket = what.find("] ");
+  return bracket == std::string::npos ? what : what.substr(bracket + 2);
+}
+
 json parse_json(const std::string& text, const std::string& where) {
   try {
     return json::parse(text);
@@ -28,6 +35,8 @@ json parse_json(const std::string& text, const std::string& where) {
     if (bracket != std::string::npos) what = what.substr(bracket + 2);
     std::replace(what.begin(), what.end(), '\n', ' ');
     throw InputError(where + ": not valid JSON (" + what + ")");
+  } catch (const json::out_of_range& e) {  // a number beyond double's range: 1e400
+    throw InputError(where + ": not valid JSON (" + number_overflow(e) + ")");
   }
 }
 

@@ -58,6 +58,10 @@ bool json_holds(const nlohmann::json& v) {
 // Parses `text`; throws InputError "<where>: not valid JSON (...)".
 nlohmann::json parse_json(const std::string& text, const std::string& where);
 
+// nlohmann's message for a number beyond double's range ("number overflow parsing '1e400'"),
+// which it throws as out_of_range, not parse_error: a parser's catch must take both.
+std::string number_overflow(const nlohmann::json::out_of_range& e);
+
 // Typed access to one JSON object's fields; `prefix` names nested objects in messages. Throws
 // InputError "<where>: missing field 'a.b'" or "<where>: field 'a.b': expected an integer, found
 // ...". Holds a reference: `j` must outlive it.

@@ -473,7 +473,7 @@ Manifest read_manifest(const fs::path& dir) {
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(read_file(path));
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range: 1e400
     throw InputError(file + ": not valid JSON (" + e.what() + ")");
   }
   if (!j.is_object()) throw InputError(file + ": expected a JSON object");
