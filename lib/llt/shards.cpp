@@ -470,12 +470,7 @@ Manifest read_manifest(const fs::path& dir) {
   if (!fs::exists(path, ec)) {
     throw InputError(file + ": no such file (not a finished llt-tokenize dataset directory)");
   }
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(read_file(path));
-  } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range: 1e400
-    throw InputError(file + ": not valid JSON (" + e.what() + ")");
-  }
+  const nlohmann::json j = parse_json(read_file(path), file);
   if (!j.is_object()) throw InputError(file + ": expected a JSON object");
   Manifest m;
   ShardAttributes& a = m.attributes;
